@@ -1,0 +1,175 @@
+"""The embedded smoke model: a tiny Llama-architecture causal LM and a tokenizer trained here, offline.
+
+The tokenizer is a byte-level BPE trained on the bundled six-language corpus, so every string encodes (bytes are
+the fallback) and Latin, CJK, kana and Cyrillic text gets learned merges. It carries a Llama-3-style chat
+template. The model has random weights drawn from a fixed seed: it exercises every code path of the course
+(generation, translation, DoRA, merging, 4-bit QLoRA, evaluation), but what it writes is noise.
+
+Same configuration and seed give the same bytes on disk::
+
+    >>> from mmed_helpers.config import TinyModelConfig
+    >>> from mmed_helpers.tiny import build_tiny_model
+    >>> path = build_tiny_model("/tmp/tiny-llama", TinyModelConfig())   # well under a second
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import TinyModelConfig
+from .corpus import load_corpus
+
+BOS, EOS_TEXT, START_HEADER, END_HEADER, EOT, PAD = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|pad|>",
+)
+SPECIAL_TOKENS = [BOS, EOS_TEXT, START_HEADER, END_HEADER, EOT, PAD]
+
+# Llama-3 style. The {% generation %} block marks assistant tokens, so trainers can put the loss on them only.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endgeneration %}"
+    "{% else %}"
+    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+MARKER_FILE = "mmed_tiny.json"
+"""Written last into a built model directory: the recipe it was built from (used to reuse a build)."""
+
+
+def tokenizer_training_text() -> list[str]:
+    """The lines the tokenizer learns from: titles and paragraphs of the bundled corpus, all languages."""
+    lines: list[str] = []
+    for p in load_corpus():
+        lines.append(p.title)
+        lines.extend(p.paragraphs)
+    return lines
+
+
+def recipe(cfg: TinyModelConfig) -> dict:
+    """What determines the built bytes: the shape, the seed and the training text's hash."""
+    text_hash = hashlib.sha256("\n".join(tokenizer_training_text()).encode("utf-8")).hexdigest()
+    return {"format": 1, "config": _cfg_dict(cfg), "corpus_sha256": text_hash}
+
+
+def train_tokenizer(cfg: TinyModelConfig, lines: list[str] | None = None):
+    """Train the byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast`` with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = tokenizer_training_text() if lines is None else lines
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    # Like Llama 3: plain encoding starts with BOS; chat rendering adds its own BOS and encodes without specials.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOT,
+        pad_token=PAD,
+        additional_special_tokens=[EOS_TEXT, START_HEADER, END_HEADER],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=cfg.max_position_embeddings,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False) -> Path:
+    """Build the tiny model + tokenizer into ``out_dir`` (absolute path returned).
+
+    An existing directory built from the same recipe is reused as it is; a different or unfinished one is
+    rebuilt when ``overwrite`` is true and refused otherwise. The directory appears atomically (built in a
+    sibling temporary folder, then renamed), so an interrupted build never leaves a half-written model behind.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    cfg = cfg or TinyModelConfig()
+    out = Path(out_dir).expanduser().resolve()
+    want = recipe(cfg)
+    if out.exists():
+        if is_tiny_model_dir(out) and json.loads((out / MARKER_FILE).read_text()) == want:
+            return out
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists but is not a tiny model built from this configuration; "
+                "delete it or pass overwrite=True"
+            )
+    tokenizer = train_tokenizer(cfg)
+    model_cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(model_cfg).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER_FILE).write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def is_tiny_model_dir(path: str | Path) -> bool:
+    """True if ``path`` holds a finished tiny-model build."""
+    p = Path(path)
+    return (p / MARKER_FILE).is_file() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def _cfg_dict(cfg: TinyModelConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
