@@ -80,7 +80,9 @@ def check_model_dir(path: Path) -> Path:
     return path
 
 
-def fetch_hub_model(repo_id: str, offline: bool = False, revision: str | None = None) -> Path:
+def fetch_hub_model(
+    repo_id: str, offline: bool = False, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """Return the local snapshot of ``repo_id``: from the cache, or downloaded unless offline.
 
     Offline (``offline`` or ``HF_HUB_OFFLINE=1``) only the local cache is used. Errors name the fix: a gated
@@ -96,7 +98,11 @@ def fetch_hub_model(repo_id: str, offline: bool = False, revision: str | None = 
     offline = offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
         path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=list(WEIGHT_PATTERNS), local_files_only=offline
+            repo_id,
+            revision=revision,
+            allow_patterns=list(WEIGHT_PATTERNS),
+            local_files_only=offline,
+            cache_dir=cache_dir,
         )
     except GatedRepoError:
         raise BaseModelError(

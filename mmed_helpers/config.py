@@ -17,6 +17,8 @@ choices; the YAML files say which is which.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -28,6 +30,7 @@ import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 LANGUAGES = ("en", "zh", "ja", "fr", "ru", "es")
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -184,7 +187,8 @@ def load_profile(name: str | Path = "smoke", overrides: Mapping[str, Any] | None
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILE_DIR / f"{name}.yaml"
         if not path.is_file():
-            raise ConfigError(f"unknown profile {str(name)!r}: choose one of {available_profiles()} or give a YAML path")
+            choices = available_profiles()
+            raise ConfigError(f"unknown profile {str(name)!r}: choose one of {choices} or give a YAML path")
     elif not path.is_file():
         raise ConfigError(f"profile file {str(path)!r} not found")
     label = path.stem
@@ -258,8 +262,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "", keep_leaf_dicts: bool = Fal
 
 
 def _hint(key: str, data: dict[str, Any]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, list(_flatten(data)), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -274,7 +276,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, profile: str, source:
     for key in raw:
         if key not in names:
             full = f"{prefix}{key}"
-            close = __import__("difflib").get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
             hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown key {full!r} {_where(full, profile, source)}{hint}")
     kwargs = {}
@@ -319,6 +321,8 @@ def _coerce(value: Any, tp: Any, key: str, profile: str, source: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"key {key!r} {where} has an invalid value {value!r}")
+    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))

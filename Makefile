@@ -1,0 +1,50 @@
+# mmed-course: every target bootstraps the virtual environment in .venv on first use.
+#   make course              run the whole course on the smoke profile (CPU, offline, minutes)
+#   make course PROFILE=colab    ... or another profile (colab, full, or a YAML path)
+#   make test                run the test suite
+#   make lab                 open the notebooks in JupyterLab
+#   make bench               print the CPU benchmarks
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= smoke
+RUN_DIR ?= runs/$(PROFILE)
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mmed-installed
+# A CUDA GPU gets Unsloth with its own dependencies (extra "gpu"); without one, Unsloth is installed with
+# --no-deps so that pip never replaces the CPU torch with a multi-GB CUDA build.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: course test lab bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/unsloth-cpu.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mmed-course needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(GPU),1)
+	$(BIN)/python -m pip install -e ".[dev,gpu]"
+else
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps -r requirements/unsloth-cpu.txt
+endif
+	@touch $@
+
+course: $(STAMP)
+	$(BIN)/mmed-course run --profile $(PROFILE) --run-dir $(RUN_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	cd notebooks && ../$(BIN)/jupyter lab
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/tiny_model.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check mmed_helpers tests benchmarks
+
+clean:
+	rm -rf runs book/_build .pytest_cache

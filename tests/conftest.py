@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests never touch the network: the hub is switched off before anything imports it."""
+
+import os
+
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "UNSLOTH_DISABLE_STATISTICS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from mmed_helpers.config import TinyModelConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The embedded smoke model, built once per test session (read-only for tests)."""
+    from mmed_helpers.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TinyModelConfig())
+
+
+@pytest.fixture
+def tiny_copy(tiny_dir, tmp_path) -> Path:
+    """A private copy of the tiny model a test may modify."""
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_dir, dst)
+    return dst
