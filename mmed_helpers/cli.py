@@ -1,12 +1,12 @@
 """``mmed-course``: run the course and inspect profiles from the command line.
 
-    mmed-course run --profile smoke                      # every notebook, in order
-    mmed-course run --profile smoke --only 0 --only 1    # just those notebooks
-    mmed-course run --profile colab --from 3 --set stage1.max_steps=50
-    mmed-course profiles                                 # list profiles
-    mmed-course show smoke --set ccts.threshold=0.7      # the resolved configuration
-    mmed-course env                                      # GPU/CPU, versions, Unsloth mode
-    mmed-course build-tiny DIR                           # build the embedded smoke model
+mmed-course run --profile smoke                      # every notebook, in order
+mmed-course run --profile smoke --only 0 --only 1    # just those notebooks
+mmed-course run --profile colab --from 3 --set stage1.max_steps=50
+mmed-course profiles                                 # list profiles
+mmed-course show smoke --set ccts.threshold=0.7      # the resolved configuration
+mmed-course env                                      # GPU/CPU, versions, Unsloth mode
+mmed-course build-tiny DIR                           # build the embedded smoke model
 """
 
 from __future__ import annotations

@@ -305,9 +305,7 @@ def _coerce(value: Any, tp: Any, key: str, profile: str, source: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(
-                f"key {key!r} {where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
-            )
+            raise ConfigError(f"key {key!r} {where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]", profile, source) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         errors = []

@@ -58,9 +58,7 @@ def unsloth_status(timeout: float = 300.0) -> UnslothStatus:
     env = dict(os.environ)
     env.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, env=env
-        )
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return UnslothStatus("unavailable", None, f"import unsloth took longer than {timeout:.0f} s")
     for line in proc.stdout.splitlines():

@@ -61,8 +61,10 @@ class RunReport:
     def table(self) -> str:
         """The summary as an aligned text table."""
         rows = [("#", "notebook", "status", "wall time")]
-        rows += [(f"{r.number:02d}", r.name, r.status, _fmt_seconds(r.seconds) if r.status != "not run" else "-")
-                 for r in self.results]
+        rows += [
+            (f"{r.number:02d}", r.name, r.status, _fmt_seconds(r.seconds) if r.status != "not run" else "-")
+            for r in self.results
+        ]
         rows.append(("", "total", "ok" if self.ok else "FAILED", _fmt_seconds(sum(r.seconds for r in self.results))))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -176,8 +178,12 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def _save_summary(report: RunReport) -> None:
-    data = {"profile": report.profile, "run_dir": report.run_dir, "ok": report.ok,
-            "results": [asdict(r) for r in report.results]}
+    data = {
+        "profile": report.profile,
+        "run_dir": report.run_dir,
+        "ok": report.ok,
+        "results": [asdict(r) for r in report.results],
+    }
     atomic_write_text(Path(report.run_dir) / "run_summary.json", json.dumps(data, indent=2) + "\n")
 
 

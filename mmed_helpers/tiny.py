@@ -120,8 +120,7 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
             return out
         if not overwrite:
             raise FileExistsError(
-                f"{out} exists but is not a tiny model built from this configuration; "
-                "delete it or pass overwrite=True"
+                f"{out} exists but is not a tiny model built from this configuration; delete it or pass overwrite=True"
             )
     tokenizer = train_tokenizer(cfg)
     model_cfg = LlamaConfig(

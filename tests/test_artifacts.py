@@ -20,8 +20,16 @@ def test_file_and_directory_hashes(tmp_path):
 def test_manifest_records_inputs_versions_and_timings(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("data")
-    path = write_manifest(tmp_path / "step", step="01_x", profile="smoke", parameters={"k": 1}, seed=3,
-                          inputs={"src": src}, outputs={"n": 2}, timings={"wall": 1.23456})
+    path = write_manifest(
+        tmp_path / "step",
+        step="01_x",
+        profile="smoke",
+        parameters={"k": 1},
+        seed=3,
+        inputs={"src": src},
+        outputs={"n": 2},
+        timings={"wall": 1.23456},
+    )
     m = json.loads(path.read_text())
     assert m == read_manifest(tmp_path / "step")
     assert m["step"] == "01_x" and m["seed"] == 3 and m["parameters"] == {"k": 1}

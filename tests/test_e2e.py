@@ -19,7 +19,10 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     cli = Path(sys.executable).with_name("mmed-course")
     proc = subprocess.run(
         [str(cli), "run", "--profile", "smoke", "--run-dir", str(run), "--no-progress"],
-        capture_output=True, text=True, timeout=1800, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     notebooks = discover_notebooks(ROOT / "notebooks")

@@ -24,9 +24,11 @@ def _nb(path, *sources):
 def course(tmp_path):
     d = tmp_path / "notebooks"
     d.mkdir()
-    _nb(d / "00_first.ipynb",
+    _nb(
+        d / "00_first.ipynb",
         "import json, pathlib\n"
-        "pathlib.Path(run_dir, 'first.json').write_text(json.dumps({'profile': profile, 'overrides': overrides}))")
+        "pathlib.Path(run_dir, 'first.json').write_text(json.dumps({'profile': profile, 'overrides': overrides}))",
+    )
     _nb(d / "01_second.ipynb", "import pathlib\npathlib.Path(run_dir, 'second.txt').write_text('ran')")
     _nb(d / "02_broken.ipynb", "x = 1", "raise ValueError('dose must be positive, got -5')")
     _nb(d / "03_after.ipynb", "import pathlib\npathlib.Path(run_dir, 'after.txt').write_text('ran')")
@@ -91,9 +93,21 @@ def test_cli_exit_codes(course, tmp_path, capsys):
 
 def test_cli_misspelled_key_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "mmed_helpers.cli", "run", "--profile", "smoke", "--set", "stage1.rr=8",
-         "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mmed_helpers.cli",
+            "run",
+            "--profile",
+            "smoke",
+            "--set",
+            "stage1.rr=8",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -130,8 +130,9 @@ def test_generation_stops_and_is_deterministic(tiny_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     a = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     b = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert torch.equal(a, b) and a.shape[1] > prompt["input_ids"].shape[1]
@@ -159,8 +160,9 @@ UNSLOTH_SCRIPT = textwrap.dedent(
 
 def test_loads_with_unsloth_fast_language_model(tiny_dir):
     """In a subprocess: importing unsloth patches transformers for the whole process."""
-    proc = subprocess.run([sys.executable, "-c", UNSLOTH_SCRIPT, str(tiny_dir)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", UNSLOTH_SCRIPT, str(tiny_dir)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT="))
     result = json.loads(line.split("=", 1)[1])
