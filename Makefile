@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(STAMP)
-	cd notebooks && ../$(BIN)/jupyter lab
+	cd notebooks && $(abspath $(BIN))/jupyter lab
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tiny_model.py
