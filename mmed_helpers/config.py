@@ -213,7 +213,7 @@ def apply_overrides(profile: Profile, overrides: Mapping[str, Any]) -> Profile:
             f"profile {profile.name!r}: overrides must be a mapping of keys to values, not {type(overrides).__name__}"
         )
     data = profile.to_dict()
-    for key, value in _flatten(dict(overrides), keep_leaf_dicts=False).items():
+    for key, value in _flatten(dict(overrides)).items():
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -250,11 +250,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- internals
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "", keep_leaf_dicts: bool = False) -> dict[str, Any]:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and not keep_leaf_dicts:
+        if isinstance(v, Mapping) and v:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -266,7 +266,7 @@ def _hint(key: str, data: dict[str, Any]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _where(key: str, profile: str, source: str) -> str:
+def _where(profile: str, source: str) -> str:
     return f"in override of profile {profile!r}" if source == "override" else f"in profile {profile!r}"
 
 
@@ -278,7 +278,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, profile: str, source:
             full = f"{prefix}{key}"
             close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
             hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {full!r} {_where(full, profile, source)}{hint}")
+            raise ConfigError(f"unknown key {full!r} {_where(profile, source)}{hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
@@ -296,7 +296,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str, profile: str, source: str) -> Any:
-    where = _where(key, profile, source)
+    where = _where(profile, source)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"key {key!r} {where} must be a section (mapping), got {type(value).__name__}")
