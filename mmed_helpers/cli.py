@@ -45,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("out_dir")
     tiny.add_argument("--profile", default="smoke")
 
+    serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible chat endpoint")
+    serve.add_argument("model_dir")
+    serve.add_argument("--name", help="model name clients must send (default: the directory's name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--api-key-env", help="require the key held in this environment variable")
+    serve.add_argument("--batch-size", type=int, default=1)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -83,6 +91,24 @@ def main(argv: list[str] | None = None) -> int:
             from .tiny import build_tiny_model
 
             print(build_tiny_model(args.out_dir, load_profile(args.profile).tiny))
+            return 0
+        if args.command == "serve":
+            import os
+            from pathlib import Path
+
+            from .llm import LocalBackend
+            from .serve import ChatServer
+
+            name = args.name or Path(args.model_dir).resolve().name
+            key = os.environ.get(args.api_key_env) if args.api_key_env else None
+            server = ChatServer(
+                LocalBackend(args.model_dir, batch_size=args.batch_size), name, args.host, args.port, key
+            )
+            print(f"serving {args.model_dir} as {name!r} on {server.base_url} (Ctrl-C stops)", flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
             return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

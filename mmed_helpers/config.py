@@ -58,7 +58,7 @@ class TinyModelConfig:
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    max_position_embeddings: int = 1024
+    max_position_embeddings: int = 4096
     seed: int = 0
 
 
@@ -81,6 +81,16 @@ class DataGenConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     batch_size: int = 8
+    """Local backend: prompts per forward batch. Endpoint: concurrent requests."""
+    min_chars: int = 12
+    """Shortest question/answer/rationale kept (Chinese/Japanese characters count twice)."""
+    max_chars: int = 2000
+    support_threshold: float = 0.5
+    """Share of the answer's content words that must occur in the source passage."""
+    near_duplicate_threshold: float = 0.8
+    """Estimated Jaccard similarity (character 5-grams) above which an item duplicates an earlier one."""
+    include_seeds: bool = True
+    """Add the hand-written seed items (they go first and win duplicates)."""
 
 
 @dataclass

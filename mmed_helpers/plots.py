@@ -28,3 +28,37 @@ def plot_fertility(rows: Sequence[dict], save_to: str | Path | None = None):
     ax.set_title("How many tokens the tokenizer spends per language")
     ax.margins(y=0.15)
     return _finish(fig, save_to)
+
+
+def plot_composition(items_by_kind: dict[str, Sequence], languages: Sequence[str], save_to: str | Path | None = None):
+    """Stacked bars per language: hand-written seeds vs generated items, one panel per dataset kind."""
+    import matplotlib.pyplot as plt
+
+    titles = {"ift": "MMed-IFT (free-form Q&A)", "mc": "MMed-IFT-MC (multiple choice)"}
+    fig, axes = plt.subplots(1, len(items_by_kind), figsize=(5 * len(items_by_kind), 3.2), sharey=True, squeeze=False)
+    for ax, (kind, items) in zip(axes[0], items_by_kind.items(), strict=True):
+        seeds = [sum(1 for it in items if it.lang == lang and it.origin == "seed") for lang in languages]
+        gen = [sum(1 for it in items if it.lang == lang and it.origin != "seed") for lang in languages]
+        ax.bar(languages, seeds, label="hand-written seed", color="#8C8C8C")
+        ax.bar(languages, gen, bottom=seeds, label="generated", color="#4C72B0")
+        ax.set_title(titles.get(kind, kind))
+        ax.set_xlabel("language")
+    axes[0][0].set_ylabel("items kept")
+    axes[0][-1].legend(fontsize=8)
+    return _finish(fig, save_to)
+
+
+def plot_rejects(report_rows: Sequence[dict], save_to: str | Path | None = None):
+    """Horizontal bars: how many outputs each filter kept or rejected (rows from ``FilterReport.rows``)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report_rows if r["total"]]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
+    labels = [f"{r['kind']}: {r['outcome']}" for r in rows]
+    colors = ["#55A868" if r["outcome"] == "kept" else "#C44E52" for r in rows]
+    bars = ax.barh(labels[::-1], [r["total"] for r in rows][::-1], color=colors[::-1])
+    ax.bar_label(bars, fontsize=8)
+    ax.set_xlabel("items")
+    ax.set_title("Kept and rejected, by reason")
+    ax.margins(x=0.15)
+    return _finish(fig, save_to)

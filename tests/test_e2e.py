@@ -1,6 +1,7 @@
 """The whole course on the smoke profile, run as a user would: through the console command."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["ok"] and [r["name"] for r in summary["results"]] == [p.stem for p in notebooks]
     for p in notebooks:
-        assert f"{p.stem}  ok" in proc.stdout
+        assert re.search(rf"^{p.name[:2]}\s+{p.stem}\s+ok\s", proc.stdout, re.M)
         executed = nbformat.read(run / "notebooks" / p.name, as_version=4)
         assert all(c.execution_count for c in executed.cells if c.cell_type == "code" and c.source.strip())
 
@@ -45,3 +46,23 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     text = "\n".join(o.get("text", "") for c in setup.cells for o in c.get("outputs", []))
     expected = "CUDA GPU fast path" if torch.cuda.is_available() else "no GPU found, CPU fallback"
     assert expected in text
+
+    # 01_generate_qa: both datasets in chat form, with a manifest that accounts for every output
+    from datasets import load_from_disk
+
+    gen = run / "01_generate_qa"
+    m01 = json.loads((gen / "manifest.json").read_text())
+    assert m01["outputs"]["backend"]["backend"] == "local"
+    assert len(m01["outputs"]["prompts_sha256"]) == 18
+    for kind, name in (("ift", "mmed_ift"), ("mc", "mmed_ift_mc")):
+        ds = load_from_disk(str(gen / name))
+        report = m01["outputs"]["reports"][kind]
+        assert len(ds) == report["kept"] >= 120  # at least the 20 seeds per language
+        assert set(ds["lang"]) == {"en", "zh", "ja", "fr", "ru", "es"}
+        assert report["kept"] + sum(report["rejected"].values()) == report["seeds"] + report["generated"]
+        assert report["generated"] == 12  # 2 passages per language, one item each
+        assert all([m["role"] for m in msgs] == ["user", "assistant"] for msgs in ds["messages"])
+    raw_ids = [json.loads(line)["id"] for line in (gen / "raw" / "mc.jsonl").read_text().splitlines()]
+    assert len(raw_ids) == len(set(raw_ids)) == 12
+    for png in ("rejects.png", "composition.png"):
+        assert (gen / png).stat().st_size > 5000

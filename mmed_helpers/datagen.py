@@ -1,0 +1,638 @@
+"""Medical instruction data from unstructured text: condense -> generate -> parse -> filter -> dedup -> save.
+
+The paper's two steps: (1) condense a passage into its key facts; (2) write instruction items from the condensed
+text - free-form question + answer for MMed-IFT, and exam-style multiple choice with a rationale for
+MMed-IFT-MC. Prompts are data files, one per step and language, each with a worked example
+(``mmed_helpers/data/prompts/<lang>/{condense,ift,mc}.yaml``). Hand-written seed items
+(``mmed_helpers/data/seeds/{ift,mc}/<lang>.jsonl``) join the generated ones.
+
+Generation is resumable: every model output is appended to a JSONL file as soon as its batch finishes, under a
+stable id ``<passage id>:<step>:<index>``; a rerun skips ids already there, and a line cut short by a kill is
+dropped (and counted) on the next open. Filtering is a pure function of those files, so it can be rerun with
+other thresholds without generating again::
+
+    >>> result = run_datagen(cfg, run_dir)            # what notebook 01 does, in one call
+    >>> result.reports["ift"].kept, result.reports["ift"].rejected
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import DataGenConfig, Profile
+from .corpus import Passage, load_corpus
+from .llm import Backend, Completion, GenerationParams
+from .quality import find_duplicates, is_language, support_score, text_length
+from .schema import LETTERS, IFTSample, MCItem
+
+DATA_DIR = Path(__file__).parent / "data"
+PROMPTS_DIR = DATA_DIR / "prompts"
+SEEDS_DIR = DATA_DIR / "seeds"
+STEPS = ("condense", "ift", "mc")
+PLACEHOLDER = {"condense": "<<PASSAGE>>", "ift": "<<CONDENSED>>", "mc": "<<CONDENSED>>"}
+
+# Reasons an item is rejected, in the order the checks run (the report table uses this order).
+REASONS = (
+    "backend_error",
+    "no_condensed_text",
+    "unparseable",
+    "empty_field",
+    "too_short",
+    "too_long",
+    "mc_option_count",
+    "mc_duplicate_options",
+    "mc_bad_answer",
+    "wrong_language",
+    "unsupported_by_source",
+    "exact_duplicate",
+    "near_duplicate",
+)
+
+
+class DataGenError(ValueError):
+    """A prompt or seed file is malformed (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptTemplate:
+    step: str
+    lang: str
+    system: str
+    user: str
+    examples: list[dict[str, str]]
+    path: Path
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """System, the worked example as a previous turn, then the request for ``text``."""
+        ph = PLACEHOLDER[self.step]
+        msgs = [{"role": "system", "content": self.system}]
+        for ex in self.examples:
+            msgs.append({"role": "user", "content": self.user.replace(ph, ex["input"])})
+            msgs.append({"role": "assistant", "content": ex["output"]})
+        msgs.append({"role": "user", "content": self.user.replace(ph, text)})
+        return msgs
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def load_prompt(step: str, lang: str, prompts_dir: Path | str = PROMPTS_DIR) -> PromptTemplate:
+    """Load and check ``<prompts_dir>/<lang>/<step>.yaml``."""
+    path = Path(prompts_dir) / lang / f"{step}.yaml"
+    if not path.is_file():
+        raise DataGenError(f"no {step} prompt for language {lang!r}: expected {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = [k for k in ("system", "user", "examples") if k not in data]
+    if missing:
+        raise DataGenError(f"{path}: missing key(s) {missing}")
+    ph = PLACEHOLDER[step]
+    if data["user"].count(ph) != 1:
+        raise DataGenError(f"{path}: the user template must contain {ph} exactly once")
+    for ex in data["examples"]:
+        if not isinstance(ex, dict) or not {"input", "output"} <= set(ex):
+            raise DataGenError(f"{path}: every example needs 'input' and 'output'")
+    return PromptTemplate(step, lang, data["system"], data["user"], list(data["examples"]), path)
+
+
+# --------------------------------------------------------------------------- resumable store
+
+
+class JsonlStore:
+    """Append-only JSON Lines file keyed by ``id``: the crash-safe record of every model output.
+
+    Opening it reads what is there; a last line without its newline (a write cut short by a kill) is cut off
+    and counted in ``recovered``. ``append`` writes whole lines and fsyncs, so after it returns the records
+    survive a crash. Records with an ``error`` are kept for the record but do not count as done, so a rerun
+    tries them again; a later success for the same id supersedes them.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.recovered = 0
+        self.corrupt = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # partial last line from an interrupted write
+            self.recovered += 1
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+            data = data[:end]
+        for line in data.decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                self.corrupt += 1
+                continue
+            old = self.records.get(rec["id"])
+            if old is None or old.get("error") or not rec.get("error"):
+                self.records[rec["id"]] = rec
+
+    def done(self, rid: str) -> bool:
+        rec = self.records.get(rid)
+        return rec is not None and not rec.get("error")
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
+        if not records:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        for rec in records:
+            if not rec.get("error") or not self.done(rec["id"]):
+                self.records[rec["id"]] = rec
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Job:
+    id: str
+    passage: Passage
+    step: str
+    index: int
+    text: str
+    """What fills the prompt's placeholder (the passage, or its condensed text)."""
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    backend: Backend,
+    params: GenerationParams,
+    store: JsonlStore,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    prompts_dir: Path | str = PROMPTS_DIR,
+) -> int:
+    """Generate every job not yet done in ``store``, batch by batch, appending outputs as they come.
+    Returns the number generated now. ``progress(n)`` is called after each batch."""
+    todo = [j for j in jobs if not store.done(j.id)]
+    prompts: dict[tuple[str, str], PromptTemplate] = {}
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        convs = []
+        for job in batch:
+            key = (job.step, job.passage.lang)
+            if key not in prompts:
+                prompts[key] = load_prompt(job.step, job.passage.lang, prompts_dir)
+            convs.append(prompts[key].messages(job.text))
+        seed = None if params.seed is None else params.seed + _stable_int(batch[0].id)
+        outs: list[Completion] = backend.generate(
+            convs,
+            GenerationParams(params.max_new_tokens, params.temperature, params.top_p, seed),
+        )
+        store.append(
+            {
+                "id": job.id,
+                "passage_id": job.passage.id,
+                "lang": job.passage.lang,
+                "step": job.step,
+                "index": job.index,
+                "output": out.text,
+                "error": out.error,
+            }
+            for job, out in zip(batch, outs, strict=True)
+        )
+        if progress:
+            progress(len(batch))
+    return len(todo)
+
+
+def condense_jobs(passages: Sequence[Passage]) -> list[Job]:
+    return [Job(f"{p.id}:condense:0", p, "condense", 0, p.text) for p in passages]
+
+
+def item_jobs(kind: str, passages: Sequence[Passage], condensed: dict[str, str], per_passage: int) -> list[Job]:
+    """Jobs for ``kind`` (``ift`` / ``mc``): ``per_passage`` per passage that has condensed text."""
+    return [
+        Job(f"{p.id}:{kind}:{k}", p, kind, k, condensed[p.id])
+        for p in passages
+        if condensed.get(p.id)
+        for k in range(per_passage)
+    ]
+
+
+def condensed_texts(store: JsonlStore) -> dict[str, str]:
+    """Passage id -> condensed text, from the condense step's store (empty or failed outputs left out)."""
+    return {
+        r["passage_id"]: r["output"].strip()
+        for r in store.records.values()
+        if r["step"] == "condense" and not r.get("error") and r["output"].strip()
+    }
+
+
+def select_passages(passages: Sequence[Passage], per_language: int) -> list[Passage]:
+    """The first ``per_language`` passages of each language (0 = all), in corpus order."""
+    if per_language <= 0:
+        return list(passages)
+    seen: Counter = Counter()
+    out = []
+    for p in passages:
+        if seen[p.lang] < per_language:
+            seen[p.lang] += 1
+            out.append(p)
+    return out
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class ParseError(ValueError):
+    pass
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str) -> dict[str, Any]:
+    """The first JSON object in ``text`` (code fences and chatter around it are tolerated)."""
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    decoder = json.JSONDecoder()
+    for cand in candidates:
+        for i, ch in enumerate(cand):
+            if ch == "{":
+                try:
+                    obj, _ = decoder.raw_decode(cand[i:])
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    return obj
+    raise ParseError("no JSON object in the output")
+
+
+def parse_ift(text: str) -> dict[str, str]:
+    obj = extract_json(text)
+    if not isinstance(obj.get("question"), str) or not isinstance(obj.get("answer"), str):
+        raise ParseError("needs string fields 'question' and 'answer'")
+    return {"question": obj["question"].strip(), "answer": obj["answer"].strip()}
+
+
+def parse_mc(text: str) -> dict[str, Any]:
+    obj = extract_json(text)
+    opts = obj.get("options")
+    if isinstance(opts, dict):
+        keys = [str(k).strip().upper() for k in opts]
+        if keys != list(LETTERS[: len(keys)]):
+            raise ParseError("options must be lettered A, B, C, ... in order")
+        opts = list(opts.values())
+    if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+        raise ParseError("options must be a mapping of letters to strings")
+    for key in ("question", "answer", "rationale"):
+        if not isinstance(obj.get(key), str):
+            raise ParseError(f"needs a string field {key!r}")
+    return {
+        "question": obj["question"].strip(),
+        "options": [o.strip() for o in opts],
+        "answer": obj["answer"].strip().rstrip(".").upper(),
+        "rationale": obj["rationale"].strip(),
+    }
+
+
+# --------------------------------------------------------------------------- validation and filtering
+
+
+@dataclass
+class FilterReport:
+    """What filtering kept and dropped, per reason and language, with an example of each reason."""
+
+    kind: str
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    by_language: dict[str, Counter] = field(default_factory=dict)
+    examples: dict[str, dict[str, str]] = field(default_factory=dict)
+    seeds: int = 0
+    generated: int = 0
+
+    def reject(self, reason: str, lang: str, rid: str, output: str) -> None:
+        self.rejected[reason] += 1
+        self.by_language.setdefault(lang, Counter())[reason] += 1
+        self.examples.setdefault(reason, {"id": rid, "output": output[:300]})
+
+    def keep(self, lang: str) -> None:
+        self.kept += 1
+        self.by_language.setdefault(lang, Counter())["kept"] += 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per reason (and 'kept'), with per-language counts: the reject table."""
+        langs = sorted(self.by_language)
+        out = []
+        for reason in ("kept", *REASONS):
+            total = self.kept if reason == "kept" else self.rejected.get(reason, 0)
+            row = {"kind": self.kind, "outcome": reason, "total": total}
+            row.update({lang: self.by_language[lang].get(reason, 0) for lang in langs})
+            out.append(row)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "kept": self.kept,
+            "seeds": self.seeds,
+            "generated": self.generated,
+            "rejected": dict(self.rejected),
+            "by_language": {k: dict(v) for k, v in self.by_language.items()},
+            "examples": self.examples,
+        }
+
+
+def check_lengths(fields: dict[str, str], cfg: DataGenConfig) -> str | None:
+    """``empty_field`` / ``too_short`` / ``too_long`` for the first offending field, else None."""
+    for value in fields.values():
+        if not value.strip():
+            return "empty_field"
+    for value in fields.values():
+        n = text_length(value)
+        if n < cfg.min_chars:
+            return "too_short"
+        if n > cfg.max_chars:
+            return "too_long"
+    return None
+
+
+def check_mc(item: dict[str, Any]) -> str | None:
+    opts = item["options"]
+    if not 4 <= len(opts) <= 5:
+        return "mc_option_count"
+    normed = [re.sub(r"\W+", "", o.casefold()) for o in opts]
+    if len(set(normed)) != len(normed):
+        return "mc_duplicate_options"
+    if item["answer"] not in LETTERS[: len(opts)]:
+        return "mc_bad_answer"
+    return None
+
+
+def validate(kind: str, fields: dict[str, Any], lang: str, source: str | None, cfg: DataGenConfig) -> str | None:
+    """The first reason ``fields`` (a parsed item) fails, or None. ``source`` None skips the support check."""
+    texts = {"question": fields["question"]}
+    if kind == "ift":
+        texts["answer"] = fields["answer"]
+    else:
+        texts.update({f"option {i}": o for i, o in enumerate(fields["options"])}, rationale=fields["rationale"])
+    if reason := check_lengths({k: v for k, v in texts.items() if not k.startswith("option")}, cfg):
+        return reason
+    if any(not o.strip() for o in fields.get("options", [])):
+        return "empty_field"
+    if kind == "mc" and (reason := check_mc(fields)):
+        return reason
+    body = fields["question"] + " " + (fields["answer"] if kind == "ift" else fields["rationale"])
+    if not is_language(body, lang):
+        return "wrong_language"
+    if source is not None:
+        # IFT: the answer; MC: the correct option (the rationale may discuss distractors the text never names)
+        claim = fields["answer"] if kind == "ift" else fields["options"][LETTERS.index(fields["answer"])]
+        if support_score(claim, source) < cfg.support_threshold:
+            return "unsupported_by_source"
+    return None
+
+
+def load_seeds(kind: str, languages: Iterable[str], seeds_dir: Path | str = SEEDS_DIR) -> list[IFTSample | MCItem]:
+    """The hand-written seed items of ``kind`` for ``languages``."""
+    items: list[IFTSample | MCItem] = []
+    for lang in languages:
+        path = Path(seeds_dir) / kind / f"{lang}.jsonl"
+        if not path.is_file():
+            raise DataGenError(f"no {kind} seeds for language {lang!r}: expected {path}")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                if kind == "ift":
+                    items.append(
+                        IFTSample(r["id"], lang, r["question"], r["answer"], "", "seed", r.get("specialty", ""))
+                    )
+                else:
+                    opts = r["options"]
+                    options = [opts[k] for k in sorted(opts)] if isinstance(opts, dict) else list(opts)
+                    items.append(
+                        MCItem(
+                            r["id"],
+                            lang,
+                            r["question"],
+                            options,
+                            r["answer"],
+                            r["rationale"],
+                            "",
+                            "seed",
+                            r.get("specialty", ""),
+                        )
+                    )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataGenError(f"{path.name}:{n}: malformed seed ({type(exc).__name__}: {exc})") from None
+    return items
+
+
+def filter_items(
+    kind: str,
+    raw: Iterable[dict[str, Any]],
+    passages: dict[str, Passage],
+    cfg: DataGenConfig,
+    seeds: Sequence[IFTSample | MCItem] = (),
+    condensed_missing: Iterable[Passage] = (),
+) -> tuple[list[IFTSample | MCItem], FilterReport]:
+    """Parse, validate and deduplicate generated outputs of ``kind``; seeds go first and win duplicates.
+
+    Every raw record ends up either kept or counted under exactly one reason in the report.
+    """
+    report = FilterReport(kind)
+    parse = parse_ift if kind == "ift" else parse_mc
+    candidates: list[IFTSample | MCItem] = []
+    outputs: dict[str, str] = {}
+    for p in condensed_missing:
+        report.reject("no_condensed_text", p.lang, f"{p.id}:condense:0", "")
+    for seed in seeds:
+        fields = {
+            "question": seed.question,
+            **(
+                {"answer": seed.answer}
+                if kind == "ift"
+                else {"options": seed.options, "answer": seed.answer, "rationale": seed.rationale}
+            ),
+        }
+        if reason := validate(kind, fields, seed.lang, None, cfg):
+            report.reject(reason, seed.lang, seed.id, json.dumps(fields, ensure_ascii=False))
+        else:
+            candidates.append(seed)
+    report.seeds = len(candidates)
+    for rec in sorted(raw, key=lambda r: r["id"]):
+        if rec["step"] != kind:
+            continue
+        report.generated += 1
+        lang, rid, out = rec["lang"], rec["id"], rec.get("output") or ""
+        if rec.get("error"):
+            report.reject("backend_error", lang, rid, rec["error"])
+            continue
+        try:
+            fields = parse(out)
+        except ParseError:
+            report.reject("unparseable", lang, rid, out)
+            continue
+        source = passages[rec["passage_id"]]
+        if reason := validate(kind, fields, lang, source.text, cfg):
+            report.reject(reason, lang, rid, out)
+            continue
+        if kind == "ift":
+            item: IFTSample | MCItem = IFTSample(
+                rid, lang, fields["question"], fields["answer"], source.id, "generated", source.specialty
+            )
+        else:
+            item = MCItem(
+                rid,
+                lang,
+                fields["question"],
+                fields["options"],
+                fields["answer"],
+                fields["rationale"],
+                source.id,
+                "generated",
+                source.specialty,
+            )
+        outputs[rid] = out
+        candidates.append(item)
+    dups = find_duplicates([_dedup_text(c) for c in candidates], threshold=cfg.near_duplicate_threshold)
+    kept = []
+    for i, item in enumerate(candidates):
+        if i in dups:
+            how, _ = dups[i]
+            report.reject(f"{how}_duplicate", item.lang, item.id, outputs.get(item.id, item.question))
+            if item.origin == "seed":
+                report.seeds -= 1
+        else:
+            kept.append(item)
+            report.keep(item.lang)
+    return kept, report
+
+
+def _dedup_text(item: IFTSample | MCItem) -> str:
+    return item.question if isinstance(item, IFTSample) else item.question + " " + " ".join(item.options)
+
+
+# --------------------------------------------------------------------------- datasets and the whole step
+
+
+def to_dataset(items: Sequence[IFTSample | MCItem]):
+    """A Hugging Face ``Dataset`` in chat form (``messages``) plus the structured fields."""
+    from datasets import Dataset
+
+    return Dataset.from_list([it.to_record() for it in items])
+
+
+def save_dataset(dataset, path: str | Path) -> Path:
+    """``save_to_disk`` into a temporary sibling, then swap it in: a crash never leaves half a dataset."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dataset.save_to_disk(str(tmp))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+@dataclass
+class DatagenResult:
+    out_dir: Path
+    items: dict[str, list[IFTSample | MCItem]]
+    reports: dict[str, FilterReport]
+    generated_now: int
+    recovered_lines: int
+    backend: dict[str, object]
+
+
+def run_datagen(
+    cfg: Profile,
+    out_dir: str | Path,
+    backend: Backend,
+    progress: bool = True,
+    passages: Sequence[Passage] | None = None,
+) -> DatagenResult:
+    """Condense, generate, filter and save both datasets into ``out_dir`` (``mmed_ift``, ``mmed_ift_mc``).
+
+    Resumable: outputs already in ``out_dir/raw/*.jsonl`` are not generated again.
+    """
+    from tqdm.auto import tqdm
+
+    dg = cfg.datagen
+    out = Path(out_dir)
+    passages = (
+        list(passages)
+        if passages is not None
+        else select_passages(load_corpus(cfg.languages), dg.passages_per_language)
+    )
+    by_id = {p.id: p for p in passages}
+    params = GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed)
+    stores = {step: JsonlStore(out / "raw" / f"{step}.jsonl") for step in STEPS}
+    recovered = sum(s.recovered for s in stores.values())
+
+    cjobs = condense_jobs(passages)
+    condensed = {}
+    generated = 0
+    for step in STEPS:
+        if step == "condense":
+            jobs = cjobs
+        else:
+            condensed = condensed_texts(stores["condense"])
+            per = dg.ift_per_passage if step == "ift" else dg.mc_per_passage
+            jobs = item_jobs(step, passages, condensed, per)
+        with tqdm(total=len(jobs), desc=f"{step:8s}", unit="item", disable=not progress) as bar:
+            bar.update(sum(stores[step].done(j.id) for j in jobs))
+            generated += run_jobs(jobs, backend, params, stores[step], dg.batch_size, bar.update)
+    condensed = condensed_texts(stores["condense"])
+    missing = [p for p in passages if p.id not in condensed]
+
+    items, reports = {}, {}
+    wanted = {
+        j.id
+        for kind in ("ift", "mc")
+        for j in item_jobs(kind, passages, condensed, dg.ift_per_passage if kind == "ift" else dg.mc_per_passage)
+    }
+    for kind, name in (("ift", "mmed_ift"), ("mc", "mmed_ift_mc")):
+        seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
+        raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
+        kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
+        if not kept:
+            raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
+        save_dataset(to_dataset(kept), out / name)
+        items[kind], reports[kind] = kept, report
+    return DatagenResult(out, items, reports, generated, recovered, backend.describe())
+
+
+def prompt_hashes(languages: Iterable[str], prompts_dir: Path | str = PROMPTS_DIR) -> dict[str, str]:
+    """SHA-256 of every prompt file used, keyed ``<lang>/<step>``."""
+    return {f"{lang}/{step}": load_prompt(step, lang, prompts_dir).sha256() for lang in languages for step in STEPS}

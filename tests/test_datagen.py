@@ -1,0 +1,328 @@
+"""Data generation: prompts, seeds, parsing, filters, the resumable store and the whole step."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import pytest
+
+from mmed_helpers.config import LANGUAGES, load_profile
+from mmed_helpers.corpus import load_corpus
+from mmed_helpers.datagen import (
+    REASONS,
+    STEPS,
+    DataGenError,
+    JsonlStore,
+    ParseError,
+    condense_jobs,
+    extract_json,
+    filter_items,
+    item_jobs,
+    load_prompt,
+    load_seeds,
+    parse_ift,
+    parse_mc,
+    prompt_hashes,
+    run_datagen,
+    select_passages,
+    validate,
+)
+from mmed_helpers.llm import Completion
+from mmed_helpers.schema import LETTERS, MCItem
+
+CFG = load_profile("smoke").datagen
+
+
+# --------------------------------------------------------------------------- bundled prompts and seeds
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_prompts_load_and_their_examples_pass_the_filters(lang):
+    for step in STEPS:
+        prompt = load_prompt(step, lang)
+        msgs = prompt.messages("TEXT-UNDER-TEST")
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+        assert msgs[-1]["content"].count("TEXT-UNDER-TEST") == 1 and "<<" not in msgs[-1]["content"]
+    for kind, parse in (("ift", parse_ift), ("mc", parse_mc)):
+        ex = load_prompt(kind, lang).examples[0]
+        assert validate(kind, parse(ex["output"]), lang, ex["input"], CFG) is None, (lang, kind)
+    condense = load_prompt("condense", lang).examples[0]
+    assert len(condense["output"]) < len(condense["input"])
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_seed_sets_are_complete_and_pass_every_filter(lang):
+    for kind in ("ift", "mc"):
+        seeds = load_seeds(kind, [lang])
+        assert len(seeds) >= 20
+        assert len({s.id for s in seeds}) == len(seeds)
+        assert len({s.specialty for s in seeds}) >= 10
+        kept, report = filter_items(kind, [], {}, CFG, seeds)
+        assert len(kept) == len(seeds), report.rejected
+    mcs = load_seeds("mc", [lang])
+    letters = Counter(m.answer for m in mcs)
+    assert max(letters.values()) <= 6 and set(letters) <= set(LETTERS)
+    assert {len(m.options) for m in mcs} == {4, 5}
+
+
+def test_seeds_are_not_duplicated_across_kinds_or_languages():
+    questions = [s.question for kind in ("ift", "mc") for s in load_seeds(kind, LANGUAGES)]
+    assert len(set(questions)) == len(questions)
+
+
+def test_missing_prompt_or_seed_file_names_it(tmp_path):
+    with pytest.raises(DataGenError, match="no ift prompt for language 'de'"):
+        load_prompt("ift", "de")
+    with pytest.raises(DataGenError, match="no mc seeds for language 'de'"):
+        load_seeds("mc", ["de"])
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "ift.yaml").write_text("system: s\nuser: no placeholder\nexamples: []\n")
+    with pytest.raises(DataGenError, match="must contain <<CONDENSED>> exactly once"):
+        load_prompt("ift", "en", tmp_path)
+
+
+def test_prompt_hashes_cover_every_file():
+    hashes = prompt_hashes(LANGUAGES)
+    assert len(hashes) == 18 and all(len(h) == 64 for h in hashes.values())
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_extract_json_tolerates_fences_and_chatter():
+    assert extract_json('Sure! {"question": "Q?", "answer": "A."} Hope it helps') == {"question": "Q?", "answer": "A."}
+    assert extract_json('```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json('{bad {"a": {"b": 2}}') == {"a": {"b": 2}}
+    with pytest.raises(ParseError):
+        extract_json("no json here")
+    with pytest.raises(ParseError):
+        extract_json('["a list"]')
+
+
+def test_parse_ift_and_mc():
+    assert parse_ift('{"question": " Q? ", "answer": "A. "}') == {"question": "Q?", "answer": "A."}
+    with pytest.raises(ParseError, match="question"):
+        parse_ift('{"q": "Q?", "answer": "A"}')
+    mc = parse_mc(
+        '{"question": "Q?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"}, "answer": "c.", "rationale": "R."}'
+    )
+    assert mc == {"question": "Q?", "options": ["x", "y", "z", "w"], "answer": "C", "rationale": "R."}
+    with pytest.raises(ParseError, match="lettered A, B, C"):
+        parse_mc('{"question": "Q", "options": {"A": "x", "C": "y"}, "answer": "A", "rationale": "R"}')
+    with pytest.raises(ParseError, match="rationale"):
+        parse_mc('{"question": "Q", "options": ["x", "y"], "answer": "A"}')
+
+
+# --------------------------------------------------------------------------- validation reasons
+
+SOURCE = (
+    "Iron deficiency anemia in adults usually results from chronic blood loss, most often gastrointestinal or "
+    "menstrual. Oral iron is the first-line treatment for most patients."
+)
+GOOD_IFT = {
+    "question": "What usually causes iron deficiency anemia in adults?",
+    "answer": "It usually results from chronic blood loss, most often gastrointestinal or menstrual.",
+}
+GOOD_MC = {
+    "question": "What is the first-line treatment of iron deficiency anemia for most adults?",
+    "options": ["Oral iron", "Blood transfusion", "Vitamin B12 injections", "Folic acid"],
+    "answer": "A",
+    "rationale": "Oral iron is the first-line treatment for most patients.",
+}
+
+
+@pytest.mark.parametrize(
+    "kind, change, reason",
+    [
+        ("ift", {}, None),
+        ("mc", {}, None),
+        ("ift", {"answer": "  "}, "empty_field"),
+        ("ift", {"answer": "Blood."}, "too_short"),
+        ("ift", {"answer": "Chronic blood loss. " * 120}, "too_long"),
+        ("mc", {"options": ["Oral iron", "Transfusion", "Folic acid"]}, "mc_option_count"),
+        ("mc", {"options": ["Oral iron", "oral  iron", "Folic acid", "Transfusion"]}, "mc_duplicate_options"),
+        ("mc", {"answer": "E"}, "mc_bad_answer"),
+        ("mc", {"options": ["Oral iron", "", "Folic acid", "Transfusion"]}, "empty_field"),
+        (
+            "ift",
+            {
+                "question": "Quelle est la cause habituelle de l'anémie ferriprive chez l'adulte ?",
+                "answer": "Elle résulte le plus souvent d'un saignement chronique, digestif ou gynécologique.",
+            },
+            "wrong_language",
+        ),
+        (
+            "ift",
+            {"answer": "It is caused by a genetic defect in hepcidin regulation in most young athletes."},
+            "unsupported_by_source",
+        ),
+        ("mc", {"answer": "C"}, "unsupported_by_source"),
+    ],
+)
+def test_validate_reasons(kind, change, reason):
+    fields = {**(GOOD_IFT if kind == "ift" else GOOD_MC), **change}
+    assert validate(kind, fields, "en", SOURCE, CFG) == reason
+
+
+def test_every_reason_has_a_row_in_the_report():
+    _, report = filter_items("ift", [], {}, CFG, [])
+    assert [r["outcome"] for r in report.rows()] == ["kept", *REASONS]
+
+
+# --------------------------------------------------------------------------- the resumable store
+
+
+def test_store_recovers_a_cut_line_and_retries_errors(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    store = JsonlStore(path)
+    store.append([{"id": "a", "output": "x", "error": None}, {"id": "b", "output": "", "error": "HTTP 503"}])
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"id": "c", "output": "cut sh')  # a kill in the middle of a write
+    store = JsonlStore(path)
+    assert store.recovered == 1 and set(store.records) == {"a", "b"}
+    assert store.done("a") and not store.done("b") and not store.done("c")
+    store.append([{"id": "b", "output": "ok now", "error": None}])
+    reopened = JsonlStore(path)
+    assert reopened.done("b") and reopened.records["b"]["output"] == "ok now" and reopened.recovered == 0
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+# --------------------------------------------------------------------------- the whole step
+
+
+class ExtractiveBackend:
+    """A generator for tests that writes well-formed items from sentences of the source passage.
+
+    The real filters then decide; the tiny model cannot produce parseable output, so this is what shows
+    that good items are kept and saved."""
+
+    name = "extractive-test"
+
+    def __init__(self, passages):
+        self.passages = passages
+        self.calls = 0
+
+    def describe(self):
+        return {"backend": self.name}
+
+    def generate(self, conversations, params):
+        self.calls += len(conversations)
+        return [Completion(self._one(c[-1]["content"])) for c in conversations]
+
+    def _one(self, user):
+        for p in self.passages:
+            sentences = [s for s in re.split(r"(?<=[.。!?])\s*", p.paragraphs[0]) if s]
+            if p.text in user:  # condense: keep the first paragraph
+                return p.paragraphs[0]
+            if p.paragraphs[0] in user:
+                if '"options"' in user:
+                    opts = [re.split(r"(?<=[.。])\s*", para)[0] for para in p.paragraphs[:4]]
+                    return json.dumps(
+                        {
+                            "question": sentences[0],
+                            "options": dict(zip("ABCD", opts, strict=True)),
+                            "answer": "A",
+                            "rationale": sentences[0],
+                        },
+                        ensure_ascii=False,
+                    )
+                return json.dumps({"question": sentences[0], "answer": " ".join(sentences[:2])}, ensure_ascii=False)
+        return "I cannot help with that."
+
+
+def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
+    cfg = load_profile("smoke", {"languages": ["en", "fr", "ru"], "datagen.ift_per_passage": 2})
+    passages = select_passages(load_corpus(cfg.languages), cfg.datagen.passages_per_language)
+    backend = ExtractiveBackend(passages)
+    result = run_datagen(cfg, tmp_path, backend, progress=False)
+    n = len(passages)
+    assert result.generated_now == backend.calls == n + 2 * n + n
+    ift, mc = result.reports["ift"], result.reports["mc"]
+    assert ift.generated == 2 * n and mc.generated == n
+    assert ift.rejected["exact_duplicate"] == n  # the second item of each passage repeats the first
+    assert ift.kept == 60 + n and mc.kept == 60 + n
+    for report in (ift, mc):  # every output and seed is accounted for exactly once
+        assert report.kept + sum(report.rejected.values()) == 60 + report.generated
+
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(tmp_path / "mmed_ift_mc"))
+    assert len(ds) == mc.kept and set(ds["origin"]) == {"seed", "generated"}
+    row = next(r for r in ds if r["origin"] == "generated")
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert (
+        MCItem(row["id"], row["lang"], row["question"], row["options"], row["answer"], row["rationale"]).prompt()
+        == row["messages"][0]["content"]
+    )
+
+    again = run_datagen(cfg, tmp_path, ExtractiveBackend(passages), progress=False)
+    assert again.generated_now == 0 and again.reports["ift"].kept == ift.kept
+
+
+def test_run_datagen_counts_passages_without_condensed_text(tmp_path):
+    class Silent(ExtractiveBackend):
+        def _one(self, user):
+            return "" if "<<" not in user and any(p.text in user for p in self.passages[:1]) else super()._one(user)
+
+    cfg = load_profile("smoke", {"languages": ["en"]})
+    passages = select_passages(load_corpus(["en"]), 2)
+    result = run_datagen(cfg, tmp_path, Silent(passages), progress=False)
+    assert result.reports["ift"].rejected["no_condensed_text"] == 1
+    assert result.reports["ift"].generated == 1  # only the passage that was condensed got an item
+
+
+def test_job_ids_are_stable():
+    p = load_corpus(["en"])[:2]
+    assert [j.id for j in condense_jobs(p)] == ["en-001:condense:0", "en-002:condense:0"]
+    jobs = item_jobs("mc", p, {"en-001": "text"}, 2)
+    assert [j.id for j in jobs] == ["en-001:mc:0", "en-001:mc:1"]
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from mmed_helpers.config import load_profile
+    from mmed_helpers.datagen import run_datagen
+    from mmed_helpers.llm import LocalBackend
+    cfg = load_profile("smoke", {"datagen.batch_size": 1, "datagen.passages_per_language": 3})
+    run_datagen(cfg, sys.argv[2], LocalBackend(sys.argv[1], batch_size=1), progress=False)
+    print("FINISHED")
+    """
+)
+
+
+def test_killed_generation_resumes_without_loss_or_duplicates(tiny_dir, tmp_path):
+    """Kill a real generation process mid-run, resume it, and check the final set."""
+    out = tmp_path / "gen"
+    raw = out / "raw" / "condense.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tiny_dir), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and (not raw.exists() or raw.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = raw.read_text().count("\n")
+    assert 4 <= done_before < 18, "the process must be killed mid-run"
+
+    resumed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(tiny_dir), str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0 and "FINISHED" in resumed.stdout, resumed.stderr[-2000:]
+    expected = {f"{lang}-{i:03d}" for lang in LANGUAGES for i in range(1, 4)}
+    for step in STEPS:
+        lines = (out / "raw" / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines]  # nothing corrupt
+        ids = [r["id"] for r in records if not r["error"]]
+        assert len(ids) == len(set(ids)), f"duplicates in {step}"
+        if step == "condense":
+            assert {i.split(":")[0] for i in ids} == expected
+    manifest_free = JsonlStore(out / "raw" / "condense.jsonl")
+    assert manifest_free.recovered == 0 and len(manifest_free) == 18

@@ -1,0 +1,197 @@
+"""Generation backends: the local model, and the endpoint client against a real HTTP server on 127.0.0.1."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from mmed_helpers.llm import Completion, EndpointError, GenerationParams, LocalBackend, OpenAIBackend
+from mmed_helpers.serve import ChatHandler, ChatServer
+
+CONVS = [
+    [{"role": "user", "content": "What is chronic kidney disease and how is it staged?"}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "慢性乙型肝炎是什么？"}],
+    [{"role": "user", "content": "Эпилепсия представляет собой хроническое заболевание"}],
+    [{"role": "user", "content": "¿Qué causa el dengue?"}],
+]
+GREEDY = GenerationParams(max_new_tokens=10, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_dir):
+    return LocalBackend(tiny_dir, batch_size=4)
+
+
+def test_batched_generation_equals_one_at_a_time(local):
+    """Left padding must not change what the model generates."""
+    batched = local.generate(CONVS, GREEDY)
+    local.batch_size = 1
+    try:
+        single = local.generate(CONVS, GREEDY)
+    finally:
+        local.batch_size = 4
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert all(c.completion_tokens == 10 and c.error is None for c in batched)
+
+
+def test_sampling_is_seeded(local):
+    params = GenerationParams(max_new_tokens=10, temperature=1.0, top_p=0.95, seed=7)
+    a = [c.text for c in local.generate(CONVS, params)]
+    b = [c.text for c in local.generate(CONVS, params)]
+    c = [c.text for c in local.generate(CONVS, GenerationParams(10, 1.0, 0.95, seed=8))]
+    assert a == b and a != c
+
+
+def test_tokenizer_pads_left_for_generation(local):
+    assert local.tokenizer.padding_side == "left"
+
+
+@pytest.fixture(scope="module")
+def server(local):
+    with ChatServer(local, model_name="tiny", api_key="s3cret-key") as srv:
+        yield srv
+
+
+def test_endpoint_answers_like_the_local_model(server, local, monkeypatch):
+    monkeypatch.setenv("COURSE_TEST_KEY", "s3cret-key")
+    client = OpenAIBackend(server.base_url, "tiny", api_key_env="COURSE_TEST_KEY", concurrency=3)
+    remote = client.generate(CONVS, GREEDY)
+    direct = local.generate(CONVS, GREEDY)
+    assert [c.text for c in remote] == [c.text for c in direct]
+    assert all(c.error is None and c.completion_tokens == 10 for c in remote)
+    info = client.describe()
+    assert info["api_key_set"] and "s3cret-key" not in json.dumps(info)
+
+
+def test_wrong_key_is_one_clear_error_without_the_key(server, monkeypatch):
+    monkeypatch.setenv("COURSE_TEST_KEY", "wrong-key-123")
+    client = OpenAIBackend(server.base_url, "tiny", api_key_env="COURSE_TEST_KEY")
+    with pytest.raises(EndpointError, match=r"HTTP 401.*check the API key in \$COURSE_TEST_KEY") as err:
+        client.generate(CONVS[:1], GREEDY)
+    assert "wrong-key-123" not in str(err.value)
+
+
+def test_unknown_model_is_a_404_error(server, monkeypatch):
+    monkeypatch.setenv("COURSE_TEST_KEY", "s3cret-key")
+    client = OpenAIBackend(server.base_url, "gpt-9", api_key_env="COURSE_TEST_KEY")
+    with pytest.raises(EndpointError, match=r"model 'gpt-9' not found \(HTTP 404"):
+        client.generate(CONVS[:1], GREEDY)
+
+
+def test_models_route(server):
+    import urllib.request
+
+    req = urllib.request.Request(server.base_url + "/models", headers={"Authorization": "Bearer s3cret-key"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.load(resp)["data"][0]["id"] == "tiny"
+
+
+def test_endpoint_down_is_one_clear_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "tiny", api_key_env="", max_retries=2, backoff=0.01)
+    with pytest.raises(EndpointError, match=r"unreachable after 3 attempts.*is the server running"):
+        client.generate(CONVS[:2], GREEDY)
+
+
+class FlakyHandler(ChatHandler):
+    """The real handler behind a fault injector: the first ``fail_first`` requests get ``fail_status``."""
+
+    lock = threading.Lock()
+    seen = 0
+    fail_first = 2
+    fail_status = 429
+    body = None
+
+    def do_POST(self):  # noqa: N802
+        cls = type(self)
+        with cls.lock:
+            cls.seen += 1
+            n = cls.seen
+        if n <= cls.fail_first:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            if cls.body is not None:
+                data = cls.body
+                self.send_response(200)
+            else:
+                data = b'{"error": {"message": "slow down"}}'
+                self.send_response(cls.fail_status)
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        super().do_POST()
+
+
+def _flaky(local, fail_first, status=429, body=None):
+    handler = type(
+        "H",
+        (FlakyHandler,),
+        {"seen": 0, "fail_first": fail_first, "fail_status": status, "body": body, "lock": threading.Lock()},
+    )
+    return ChatServer(local, model_name="tiny", handler=handler), handler
+
+
+def test_429_is_retried_then_succeeds(local):
+    srv, handler = _flaky(local, fail_first=2)
+    with srv:
+        client = OpenAIBackend(srv.base_url, "tiny", api_key_env="", max_retries=3, backoff=0.01)
+        out = client.generate(CONVS[:1], GREEDY)
+    assert out[0].error is None and out[0].text == local.generate(CONVS[:1], GREEDY)[0].text
+    assert handler.seen == 3
+
+
+def test_persistent_5xx_is_a_counted_failure_not_a_crash(local):
+    srv, handler = _flaky(local, fail_first=100, status=503)
+    with srv:
+        client = OpenAIBackend(srv.base_url, "tiny", api_key_env="", max_retries=2, backoff=0.01)
+        out = client.generate(CONVS[:2], GREEDY)
+    assert all(c.text == "" and "gave up after 3 attempts: HTTP 503" in c.error for c in out)
+    assert handler.seen == 6
+
+
+def test_malformed_response_is_a_counted_failure(local):
+    srv, _ = _flaky(local, fail_first=1, body=b'{"choices": []}')
+    with srv:
+        client = OpenAIBackend(srv.base_url, "tiny", api_key_env="", backoff=0.01)
+        out = client.generate(CONVS[:1], GREEDY)
+    assert isinstance(out[0], Completion) and out[0].error.startswith("malformed response (IndexError")
+
+
+class SlowHandler(ChatHandler):
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+
+    def do_POST(self):  # noqa: N802
+        cls = type(self)
+        with cls.lock:
+            cls.active += 1
+            cls.peak = max(cls.peak, cls.active)
+        time.sleep(0.2)
+        try:
+            super().do_POST()
+        finally:
+            with cls.lock:
+                cls.active -= 1
+
+
+def test_concurrency_is_bounded(local):
+    with ChatServer(local, model_name="tiny", handler=SlowHandler) as srv:
+        client = OpenAIBackend(srv.base_url, "tiny", api_key_env="", concurrency=2)
+        out = client.generate(CONVS * 2, GREEDY)
+    assert len(out) == 10 and all(c.error is None for c in out)
+    assert SlowHandler.peak == 2
+
+
+def test_missing_url_or_model_is_refused():
+    with pytest.raises(EndpointError, match="no endpoint URL"):
+        OpenAIBackend("", "m")
+    with pytest.raises(EndpointError, match="no model name"):
+        OpenAIBackend("http://127.0.0.1:1/v1", "")
