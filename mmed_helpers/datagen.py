@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +30,7 @@ import yaml
 
 from .config import DataGenConfig, Profile
 from .corpus import Passage, load_corpus
+from .jobs import Job, JsonlStore, run_jobs
 from .llm import Backend, Completion, GenerationParams
 from .quality import find_duplicates, is_language, support_score, text_length
 from .schema import LETTERS, IFTSample, MCItem
@@ -107,132 +107,41 @@ def load_prompt(step: str, lang: str, prompts_dir: Path | str = PROMPTS_DIR) -> 
     return PromptTemplate(step, lang, data["system"], data["user"], list(data["examples"]), path)
 
 
-# --------------------------------------------------------------------------- resumable store
-
-
-class JsonlStore:
-    """Append-only JSON Lines file keyed by ``id``: the crash-safe record of every model output.
-
-    Opening it reads what is there; a last line without its newline (a write cut short by a kill) is cut off
-    and counted in ``recovered``. ``append`` writes whole lines and fsyncs, so after it returns the records
-    survive a crash. Records with an ``error`` are kept for the record but do not count as done, so a rerun
-    tries them again; a later success for the same id supersedes them.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records: dict[str, dict[str, Any]] = {}
-        self.recovered = 0
-        self.corrupt = 0
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # partial last line from an interrupted write
-            self.recovered += 1
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
-            data = data[:end]
-        for line in data.decode("utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                self.corrupt += 1
-                continue
-            old = self.records.get(rec["id"])
-            if old is None or old.get("error") or not rec.get("error"):
-                self.records[rec["id"]] = rec
-
-    def done(self, rid: str) -> bool:
-        rec = self.records.get(rid)
-        return rec is not None and not rec.get("error")
-
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        records = list(records)
-        if not records:
-            return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        for rec in records:
-            if not rec.get("error") or not self.done(rec["id"]):
-                self.records[rec["id"]] = rec
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
 # --------------------------------------------------------------------------- generation
 
 
-@dataclass
-class Job:
-    id: str
-    passage: Passage
-    step: str
-    index: int
-    text: str
-    """What fills the prompt's placeholder (the passage, or its condensed text)."""
+def prompt_job(jid: str, passage: Passage, step: str, index: int, text: str, prompts: dict) -> Job:
+    """A chat job for ``step`` on ``passage``; ``text`` fills the prompt's placeholder."""
+    key = (step, passage.lang)
+    if key not in prompts:
+        prompts[key] = load_prompt(step, passage.lang)
+    meta = {"passage_id": passage.id, "lang": passage.lang, "step": step, "index": index}
+    return Job(jid, prompts[key].messages(text), meta)
 
 
-def run_jobs(
-    jobs: Sequence[Job],
-    backend: Backend,
-    params: GenerationParams,
-    store: JsonlStore,
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-    prompts_dir: Path | str = PROMPTS_DIR,
-) -> int:
-    """Generate every job not yet done in ``store``, batch by batch, appending outputs as they come.
-    Returns the number generated now. ``progress(n)`` is called after each batch."""
-    todo = [j for j in jobs if not store.done(j.id)]
-    prompts: dict[tuple[str, str], PromptTemplate] = {}
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        convs = []
-        for job in batch:
-            key = (job.step, job.passage.lang)
-            if key not in prompts:
-                prompts[key] = load_prompt(job.step, job.passage.lang, prompts_dir)
-            convs.append(prompts[key].messages(job.text))
+def chat_worker(backend: Backend, params: GenerationParams) -> Callable[[list[Job]], list[Completion]]:
+    """A worker that sends each job's messages to ``backend``; the sampling seed follows the batch's first id,
+    so a resumed run samples the same way."""
+
+    def work(batch: list[Job]) -> list[Completion]:
         seed = None if params.seed is None else params.seed + _stable_int(batch[0].id)
-        outs: list[Completion] = backend.generate(
-            convs,
-            GenerationParams(params.max_new_tokens, params.temperature, params.top_p, seed),
+        return backend.generate(
+            [j.payload for j in batch], GenerationParams(params.max_new_tokens, params.temperature, params.top_p, seed)
         )
-        store.append(
-            {
-                "id": job.id,
-                "passage_id": job.passage.id,
-                "lang": job.passage.lang,
-                "step": job.step,
-                "index": job.index,
-                "output": out.text,
-                "error": out.error,
-            }
-            for job, out in zip(batch, outs, strict=True)
-        )
-        if progress:
-            progress(len(batch))
-    return len(todo)
+
+    return work
 
 
 def condense_jobs(passages: Sequence[Passage]) -> list[Job]:
-    return [Job(f"{p.id}:condense:0", p, "condense", 0, p.text) for p in passages]
+    prompts: dict = {}
+    return [prompt_job(f"{p.id}:condense:0", p, "condense", 0, p.text, prompts) for p in passages]
 
 
 def item_jobs(kind: str, passages: Sequence[Passage], condensed: dict[str, str], per_passage: int) -> list[Job]:
     """Jobs for ``kind`` (``ift`` / ``mc``): ``per_passage`` per passage that has condensed text."""
+    prompts: dict = {}
     return [
-        Job(f"{p.id}:{kind}:{k}", p, kind, k, condensed[p.id])
+        prompt_job(f"{p.id}:{kind}:{k}", p, kind, k, condensed[p.id], prompts)
         for p in passages
         if condensed.get(p.id)
         for k in range(per_passage)
@@ -600,30 +509,26 @@ def run_datagen(
     stores = {step: JsonlStore(out / "raw" / f"{step}.jsonl") for step in STEPS}
     recovered = sum(s.recovered for s in stores.values())
 
-    cjobs = condense_jobs(passages)
-    condensed = {}
+    per_passage = {"ift": dg.ift_per_passage, "mc": dg.mc_per_passage}
+    worker = chat_worker(backend, params)
     generated = 0
-    for step in STEPS:
+    jobs_by_step: dict[str, list[Job]] = {}
+    for step in STEPS:  # items need the condensed texts, so the steps run in order
         if step == "condense":
-            jobs = cjobs
+            jobs = condense_jobs(passages)
         else:
-            condensed = condensed_texts(stores["condense"])
-            per = dg.ift_per_passage if step == "ift" else dg.mc_per_passage
-            jobs = item_jobs(step, passages, condensed, per)
+            jobs = item_jobs(step, passages, condensed_texts(stores["condense"]), per_passage[step])
+        jobs_by_step[step] = jobs
         with tqdm(total=len(jobs), desc=f"{step:8s}", unit="item", disable=not progress) as bar:
             bar.update(sum(stores[step].done(j.id) for j in jobs))
-            generated += run_jobs(jobs, backend, params, stores[step], dg.batch_size, bar.update)
+            generated += run_jobs(jobs, worker, stores[step], dg.batch_size, bar.update)
     condensed = condensed_texts(stores["condense"])
     missing = [p for p in passages if p.id not in condensed]
 
     items, reports = {}, {}
-    wanted = {
-        j.id
-        for kind in ("ift", "mc")
-        for j in item_jobs(kind, passages, condensed, dg.ift_per_passage if kind == "ift" else dg.mc_per_passage)
-    }
     for kind, name in (("ift", "mmed_ift"), ("mc", "mmed_ift_mc")):
         seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
+        wanted = {j.id for j in jobs_by_step[kind]}  # this run's items only, even if the store holds more
         raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
         kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
         if not kept:

@@ -18,7 +18,6 @@ from mmed_helpers.datagen import (
     REASONS,
     STEPS,
     DataGenError,
-    JsonlStore,
     ParseError,
     condense_jobs,
     extract_json,
@@ -33,6 +32,7 @@ from mmed_helpers.datagen import (
     select_passages,
     validate,
 )
+from mmed_helpers.jobs import JsonlStore
 from mmed_helpers.llm import Completion
 from mmed_helpers.schema import LETTERS, MCItem
 

@@ -1,0 +1,36 @@
+import pytest
+
+from mmed_helpers.jobs import Job, JsonlStore, run_jobs
+from mmed_helpers.llm import Completion
+
+
+def upper(batch):
+    return [Completion(j.payload.upper()) for j in batch]
+
+
+def test_run_jobs_does_only_what_is_missing(tmp_path):
+    store = JsonlStore(tmp_path / "raw.jsonl")
+    jobs = [Job(f"j{i}", f"text {i}", {"lang": "en"}) for i in range(5)]
+    seen = []
+    assert run_jobs(jobs[:3], lambda b: seen.extend(j.id for j in b) or upper(b), store, 2) == 3
+    assert run_jobs(jobs, lambda b: seen.extend(j.id for j in b) or upper(b), store, 2) == 2
+    assert seen == ["j0", "j1", "j2", "j3", "j4"]
+    reopened = JsonlStore(tmp_path / "raw.jsonl")
+    assert reopened.records["j4"] == {"id": "j4", "lang": "en", "output": "TEXT 4", "error": None}
+    assert len(reopened) == 5
+
+
+def test_failed_jobs_are_recorded_and_retried(tmp_path):
+    store = JsonlStore(tmp_path / "raw.jsonl")
+    jobs = [Job("a", "x"), Job("b", "y")]
+    run_jobs(
+        jobs, lambda b: [Completion("", error="HTTP 503") if j.id == "b" else Completion("ok") for j in b], store, 8
+    )
+    assert store.done("a") and not store.done("b")
+    assert run_jobs(jobs, upper, store, 8) == 1
+    assert JsonlStore(tmp_path / "raw.jsonl").records["b"]["output"] == "Y"
+
+
+def test_worker_must_answer_every_job(tmp_path):
+    with pytest.raises(RuntimeError, match="returned 1 results for 2 jobs"):
+        run_jobs([Job("a", "x"), Job("b", "y")], lambda b: upper(b)[:1], JsonlStore(tmp_path / "r.jsonl"), 8)
