@@ -43,6 +43,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tiny_model.py
 	$(BIN)/python benchmarks/generation_batching.py
+	$(BIN)/python benchmarks/ccts_scoring.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

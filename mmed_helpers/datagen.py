@@ -467,7 +467,7 @@ def save_dataset(dataset, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp))
+    dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)  # an empty set still gets a file
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

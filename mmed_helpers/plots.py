@@ -62,3 +62,45 @@ def plot_rejects(report_rows: Sequence[dict], save_to: str | Path | None = None)
     ax.set_title("Kept and rejected, by reason")
     ax.margins(x=0.15)
     return _finish(fig, save_to)
+
+
+def plot_ccts_histograms(rows: Sequence[dict], threshold: float, save_to: str | Path | None = None):
+    """One histogram of CCTS per target language, with the threshold marked (rows from the expansion)."""
+    import matplotlib.pyplot as plt
+
+    langs = sorted({r["target_lang"] for r in rows})
+    fig, axes = plt.subplots(1, max(len(langs), 1), figsize=(2.6 * max(len(langs), 1), 2.8), sharey=True, squeeze=False)
+    bins = [i / 20 for i in range(21)]
+    for ax, lang in zip(axes[0], langs, strict=False):
+        scores = [r["ccts"] for r in rows if r["target_lang"] == lang and r["ccts"] is not None]
+        ax.hist(scores, bins=bins, color="#4C72B0")
+        ax.axvline(threshold, color="#C44E52", linestyle="--", linewidth=1)
+        kept = sum(s >= threshold for s in scores)
+        ax.set_title(f"{lang}: {kept}/{len(scores)} kept", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("CCTS")
+    axes[0][0].set_ylabel("samples")
+    return _finish(fig, save_to)
+
+
+def plot_threshold_sweep(rows: Sequence[dict], threshold: float, save_to: str | Path | None = None):
+    """Kept fraction against the CCTS threshold, per target language and overall."""
+    import matplotlib.pyplot as plt
+
+    from .ccts import kept_fraction
+
+    thresholds = [i / 100 for i in range(101)]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for lang in sorted({r["target_lang"] for r in rows}):
+        scores = [r["ccts"] or 0.0 for r in rows if r["target_lang"] == lang]
+        ax.plot(thresholds, kept_fraction(scores, thresholds), label=lang, linewidth=1)
+    ax.plot(
+        thresholds, kept_fraction([r["ccts"] or 0.0 for r in rows], thresholds), label="all", color="black", linewidth=2
+    )
+    ax.axvline(threshold, color="#C44E52", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    ax.set_xlabel("CCTS threshold")
+    ax.set_ylabel("fraction of samples kept")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("How many translations survive each threshold")
+    return _finish(fig, save_to)

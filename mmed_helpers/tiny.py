@@ -172,3 +172,72 @@ def _cfg_dict(cfg: TinyModelConfig) -> dict:
     import dataclasses
 
     return dataclasses.asdict(cfg)
+
+
+NLLB_CODES = {
+    "en": "eng_Latn",
+    "zh": "zho_Hans",
+    "ja": "jpn_Jpan",
+    "fr": "fra_Latn",
+    "ru": "rus_Cyrl",
+    "es": "spa_Latn",
+}
+"""NLLB-200's language codes for the course's six languages."""
+
+
+def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False) -> Path:
+    """A tiny NLLB-style translation model (M2M-100 architecture, random weights) with the course tokenizer
+    plus NLLB language-code tokens, built offline. It exercises the seq2seq translator path; its output is
+    noise. Same configuration and seed give the same bytes."""
+    import torch
+    from transformers import GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
+
+    cfg = cfg or TinyModelConfig()
+    out = Path(out_dir).expanduser().resolve()
+    want = {**recipe(cfg), "kind": "seq2seq-nllb"}
+    if out.exists():
+        if (out / MARKER_FILE).is_file() and json.loads((out / MARKER_FILE).read_text()) == want:
+            return out
+        if not overwrite:
+            raise FileExistsError(f"{out} exists but is not a tiny seq2seq model built from this configuration")
+    tokenizer = train_tokenizer(cfg)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(NLLB_CODES.values())})
+    tokenizer.eos_token = EOS_TEXT
+    model_cfg = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=cfg.hidden_size,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=cfg.num_attention_heads,
+        decoder_attention_heads=cfg.num_attention_heads,
+        encoder_ffn_dim=cfg.intermediate_size,
+        decoder_ffn_dim=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        scale_embedding=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = M2M100ForConditionalGeneration(model_cfg).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER_FILE).write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

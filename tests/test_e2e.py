@@ -66,3 +66,42 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     assert len(raw_ids) == len(set(raw_ids)) == 12
     for png in ("rejects.png", "composition.png"):
         assert (gen / png).stat().st_size > 5000
+
+    # 02_translate_ccts: every English source x 5 targets scored; the tiny model's noise is filtered out
+    ccts_dir = run / "02_translate_ccts"
+    scores = [json.loads(line) for line in (ccts_dir / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 2 * 3 * 5 and {s["target_lang"] for s in scores} == {"zh", "ja", "fr", "ru", "es"}
+    complete = [s for s in scores if s["reason"] != "translation_failed"]
+    assert complete and all(s["ccts"] < 0.8 and not s["kept"] for s in complete)
+    m02 = json.loads((ccts_dir / "manifest.json").read_text())
+    assert m02["outputs"]["threshold"] == 0.8 and m02["outputs"]["kept"] == {"ift": 0, "mc": 0}
+    assert len(load_from_disk(str(ccts_dir / "mmed_ift_mc_translated"))) == 0
+    for png in ("ccts_histograms.png", "threshold_sweep.png"):
+        assert (ccts_dir / png).stat().st_size > 5000
+
+    # changing the threshold in the notebook's parameters changes the kept set (no retranslation) and the manifest
+    proc = subprocess.run(
+        [
+            str(cli),
+            "run",
+            "--profile",
+            "smoke",
+            "--run-dir",
+            str(run),
+            "--only",
+            "2",
+            "--no-progress",
+            "--set",
+            "ccts.threshold=0.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    m02 = json.loads((ccts_dir / "manifest.json").read_text())
+    assert m02["outputs"]["threshold"] == 0.0 and m02["outputs"]["translated_now"] == 0
+    assert len(m02["outputs"]["kept_ids"]) == len(complete)
+    kept_ds = load_from_disk(str(ccts_dir / "mmed_ift_translated"))
+    assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) == {"translated"}

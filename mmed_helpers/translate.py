@@ -1,0 +1,430 @@
+"""Multilingual expansion: translate samples source -> target -> source and keep those whose CCTS passes.
+
+Translators share one interface, ``translate(texts, src, tgt) -> list[Completion]``:
+
+* :class:`LLMTranslator` - a prompted chat model through the generation backends of notebook 01 (a local model
+  or any OpenAI-compatible endpoint); the prompt is ``mmed_helpers/data/prompts/translate.yaml``;
+* :class:`Seq2SeqTranslator` - a transformers seq2seq MT model, batched: NLLB-200 (``eng_Latn`` ...), M2M-100
+  (``__en__`` ...) or Marian (one model per language pair, ``Helsinki-NLP/opus-mt-{src}-{tgt}``).
+
+Each sample's fields (question, answer; or question, every option, rationale) are translated separately, so
+the structure survives. The cycle is resumable exactly like generation: forward and backward translations are
+appended to ``raw/forward.jsonl`` and ``raw/backward.jsonl`` under stable ids
+(``<sample id>|<target>|<field>``), and a rerun translates nothing twice. CCTS is then computed on the joined
+fields of the source and of the back-translation, and samples with CCTS >= the threshold are kept::
+
+    >>> result = run_expansion(cfg, out_dir, make_translator(cfg, base_model_path), CCTSScorer.from_config(cfg.ccts),
+    ...                        {"ift": ift_items, "mc": mc_items})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from .ccts import CCTSScore, CCTSScorer
+from .config import Profile
+from .jobs import Job, JsonlStore, run_jobs
+from .llm import Backend, Completion, GenerationParams, make_backend
+from .schema import LETTERS, IFTSample, MCItem
+from .tiny import NLLB_CODES
+
+PROMPT_PATH = Path(__file__).parent / "data" / "prompts" / "translate.yaml"
+LANGUAGE_NAMES = {
+    "en": "English",
+    "zh": "Simplified Chinese",
+    "ja": "Japanese",
+    "fr": "French",
+    "ru": "Russian",
+    "es": "Spanish",
+}
+M2M_CODES = {lang: f"__{lang}__" for lang in LANGUAGE_NAMES}
+
+
+class TranslationError(ValueError):
+    """A translator cannot be set up (unknown style, missing language code); the message says what to fix."""
+
+
+class Translator(Protocol):
+    def describe(self) -> dict[str, object]: ...
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[Completion]: ...
+
+
+# --------------------------------------------------------------------------- prompted LLM
+
+
+class LLMTranslator:
+    """Translation by prompting a chat model (greedy decoding)."""
+
+    def __init__(self, backend: Backend, max_new_tokens: int = 256, prompt_path: Path | str = PROMPT_PATH):
+        self.backend = backend
+        self.max_new_tokens = max_new_tokens
+        data = yaml.safe_load(Path(prompt_path).read_text(encoding="utf-8"))
+        self.system, self.user = data["system"], data["user"]
+        for ph in ("<<SOURCE>>", "<<TARGET>>", "<<TEXT>>"):
+            if ph not in self.user:
+                raise TranslationError(f"{prompt_path}: the user template needs the placeholder {ph}")
+
+    def describe(self) -> dict[str, object]:
+        return {"translator": "llm", **self.backend.describe(), "max_new_tokens": self.max_new_tokens}
+
+    def messages(self, text: str, src: str, tgt: str) -> list[dict[str, str]]:
+        user = (
+            self.user.replace("<<SOURCE>>", LANGUAGE_NAMES.get(src, src))
+            .replace("<<TARGET>>", LANGUAGE_NAMES.get(tgt, tgt))
+            .replace("<<TEXT>>", text)
+        )
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[Completion]:
+        params = GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        return self.backend.generate([self.messages(t, src, tgt) for t in texts], params)
+
+
+# --------------------------------------------------------------------------- seq2seq MT models
+
+
+class Seq2SeqTranslator:
+    """A transformers seq2seq translation model, batched. ``style`` says how languages are named:
+    ``nllb`` and ``m2m`` (one many-to-many model, target forced as the first generated token) or ``marian``
+    (``model`` is a pattern with ``{src}`` and ``{tgt}``, one model per pair, loaded on first use)."""
+
+    STYLES = ("nllb", "m2m", "marian")
+
+    def __init__(
+        self,
+        model: str | Path,
+        style: str = "nllb",
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        device: str | None = None,
+    ):
+        import torch
+
+        if style not in self.STYLES:
+            raise TranslationError(f"seq2seq style must be one of {self.STYLES}, got {style!r}")
+        if style == "marian" and not ("{src}" in str(model) and "{tgt}" in str(model)):
+            raise TranslationError(f"a Marian model needs a pattern with {{src}} and {{tgt}}, got {model!r}")
+        self.model_name = str(model)
+        self.style = style
+        self.batch_size = max(1, batch_size)
+        self.max_new_tokens = max_new_tokens
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+
+    def describe(self) -> dict[str, object]:
+        return {"translator": "seq2seq", "model": self.model_name, "style": self.style, "device": self.device}
+
+    def _load(self, name: str):
+        if name not in self._loaded:
+            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForSeq2SeqLM.from_pretrained(name).to(self.device).eval()
+            self._loaded[name] = (tok, model)
+        return self._loaded[name]
+
+    def _code(self, tok, lang: str) -> str:
+        table = NLLB_CODES if self.style == "nllb" else M2M_CODES
+        code = table.get(lang)
+        if code is None or tok.convert_tokens_to_ids(code) in (None, tok.unk_token_id):
+            raise TranslationError(f"{self.model_name} has no {self.style} language code for {lang!r} ({code})")
+        return code
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[Completion]:
+        import torch
+
+        if self.style == "marian":
+            tok, model = self._load(self.model_name.format(src=src, tgt=tgt))
+            inputs, gen_kwargs = list(texts), {}
+        else:
+            tok, model = self._load(self.model_name)
+            src_code, tgt_code = self._code(tok, src), self._code(tok, tgt)
+            if hasattr(tok, "src_lang"):  # NLLB / M2M tokenizers place the source code themselves
+                tok.src_lang = src_code
+                inputs = list(texts)
+            else:
+                inputs = [f"{src_code} {t}" for t in texts]
+            gen_kwargs = {"forced_bos_token_id": tok.convert_tokens_to_ids(tgt_code)}
+        out: list[Completion] = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True).to(self.device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False, **gen_kwargs
+                )
+            for row in tok.batch_decode(gen, skip_special_tokens=True):
+                out.append(Completion(row.strip()))
+        return out
+
+
+def make_translator(cfg: Profile, base_model_path: str | Path) -> Translator:
+    """The translator the profile's ``ccts`` section asks for."""
+    cc = cfg.ccts
+    if cc.translator == "llm":
+        dg = dataclasses.replace(
+            cfg.datagen, generator_model=cc.translator_model or cfg.datagen.generator_model, batch_size=cc.batch_size
+        )
+        return LLMTranslator(make_backend(dg, base_model_path), cc.max_new_tokens)
+    if cc.translator == "seq2seq":
+        if not cc.translator_model:
+            raise TranslationError("ccts.translator is seq2seq but ccts.translator_model is empty")
+        return Seq2SeqTranslator(cc.translator_model, cc.seq2seq_style, cc.batch_size, cc.max_new_tokens)
+    raise TranslationError(f"ccts.translator must be 'llm' or 'seq2seq', got {cc.translator!r}")
+
+
+# --------------------------------------------------------------------------- the cycle
+
+
+def sample_fields(item: IFTSample | MCItem) -> dict[str, str]:
+    """The fields of a sample that are translated, in a fixed order."""
+    if isinstance(item, IFTSample):
+        return {"question": item.question, "answer": item.answer}
+    opts = {f"option_{LETTERS[i]}": o for i, o in enumerate(item.options)}
+    return {"question": item.question, **opts, "rationale": item.rationale}
+
+
+def rebuild(item: IFTSample | MCItem, fields: dict[str, str], lang: str) -> IFTSample | MCItem:
+    """``item`` with translated ``fields``, in language ``lang``, marked as a translation of ``item``."""
+    new_id = f"{item.id}|{lang}"
+    if isinstance(item, IFTSample):
+        return IFTSample(new_id, lang, fields["question"], fields["answer"], item.id, "translated", item.specialty)
+    options = [fields[f"option_{LETTERS[i]}"] for i in range(len(item.options))]
+    return MCItem(
+        new_id,
+        lang,
+        fields["question"],
+        options,
+        item.answer,
+        fields["rationale"],
+        item.id,
+        "translated",
+        item.specialty,
+    )
+
+
+@dataclass
+class PairResult:
+    """One sample in one target language: its translation, back-translation and score."""
+
+    kind: str
+    source: IFTSample | MCItem
+    target_lang: str
+    translated: dict[str, str] | None
+    back: dict[str, str] | None
+    score: CCTSScore | None
+    kept: bool
+    reason: str
+    """``kept``, ``below_threshold`` or ``translation_failed``."""
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": f"{self.source.id}|{self.target_lang}",
+            "kind": self.kind,
+            "source_id": self.source.id,
+            "target_lang": self.target_lang,
+            "bleu": self.score.bleu if self.score else None,
+            "bertscore": self.score.bertscore if self.score else None,
+            "ccts": self.score.ccts if self.score else None,
+            "kept": self.kept,
+            "reason": self.reason,
+            "source_text": "\n".join(sample_fields(self.source).values()),
+            "translation": "\n".join(self.translated.values()) if self.translated else "",
+            "back_translation": "\n".join(self.back.values()) if self.back else "",
+        }
+
+
+@dataclass
+class ExpansionResult:
+    out_dir: Path
+    pairs: list[PairResult]
+    kept: dict[str, list[IFTSample | MCItem]] = field(default_factory=dict)
+    translated_now: int = 0
+    recovered_lines: int = 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [p.row() for p in self.pairs]
+
+
+def select_sources(items: Sequence[IFTSample | MCItem], lang: str, limit: int) -> list[IFTSample | MCItem]:
+    """The first ``limit`` items in ``lang`` (0 = all), in dataset order."""
+    chosen = [it for it in items if it.lang == lang]
+    return chosen[:limit] if limit > 0 else chosen
+
+
+def _translate_all(
+    jobs: list[Job], translator: Translator, store: JsonlStore, batch_size: int, progress: Callable[[int], None]
+) -> int:
+    """Run translation jobs grouped by language pair (a seq2seq batch must share its pair)."""
+    done = 0
+    pairs = sorted({(j.meta["src"], j.meta["tgt"]) for j in jobs})
+    for src, tgt in pairs:
+        group = [j for j in jobs if (j.meta["src"], j.meta["tgt"]) == (src, tgt)]
+        done += run_jobs(
+            group,
+            lambda b, s=src, t=tgt: translator.translate([j.payload for j in b], s, t),
+            store,
+            batch_size,
+            progress,
+        )
+    return done
+
+
+def run_expansion(
+    cfg: Profile,
+    out_dir: str | Path,
+    translator: Translator,
+    scorer: CCTSScorer,
+    datasets: dict[str, Sequence[IFTSample | MCItem]],
+    progress: bool = True,
+) -> ExpansionResult:
+    """Translate the source-language samples of each dataset kind into every other profile language and back,
+    score each pair with CCTS, and save the kept translations (``mmed_ift_translated``,
+    ``mmed_ift_mc_translated``) and every score (``scores.jsonl``) into ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    from .datagen import save_dataset
+
+    cc = cfg.ccts
+    out = Path(out_dir)
+    targets = [lang for lang in cfg.languages if lang != cc.source_language]
+    sources = {
+        kind: select_sources(items, cc.source_language, cc.max_source_samples) for kind, items in datasets.items()
+    }
+    fwd_store = JsonlStore(out / "raw" / "forward.jsonl")
+    back_store = JsonlStore(out / "raw" / "backward.jsonl")
+    recovered = fwd_store.recovered + back_store.recovered
+
+    def jid(item, tgt, name):
+        return f"{item.id}|{tgt}|{name}"
+
+    fwd_jobs = [
+        Job(jid(it, tgt, name), text, {"src": cc.source_language, "tgt": tgt})
+        for items in sources.values()
+        for it in items
+        for tgt in targets
+        for name, text in sample_fields(it).items()
+    ]
+    with tqdm(total=len(fwd_jobs), desc="forward ", unit="text", disable=not progress) as bar:
+        bar.update(sum(fwd_store.done(j.id) for j in fwd_jobs))
+        translated_now = _translate_all(fwd_jobs, translator, fwd_store, cc.batch_size, bar.update)
+
+    def ok(store, key):
+        rec = store.records.get(key)
+        return rec["output"] if rec and not rec.get("error") and rec["output"].strip() else None
+
+    back_jobs = [
+        Job(j.id, ok(fwd_store, j.id), {"src": j.meta["tgt"], "tgt": cc.source_language})
+        for j in fwd_jobs
+        if ok(fwd_store, j.id)
+    ]
+    with tqdm(total=len(back_jobs), desc="backward", unit="text", disable=not progress) as bar:
+        bar.update(sum(back_store.done(j.id) for j in back_jobs))
+        translated_now += _translate_all(back_jobs, translator, back_store, cc.batch_size, bar.update)
+
+    pairs: list[PairResult] = []
+    to_score: list[PairResult] = []
+    for kind, items in sources.items():
+        for it in items:
+            names = list(sample_fields(it))
+            for tgt in targets:
+                fwd = {n: ok(fwd_store, jid(it, tgt, n)) for n in names}
+                back = {n: ok(back_store, jid(it, tgt, n)) for n in names}
+                complete = all(fwd.values()) and all(back.values())
+                pr = PairResult(
+                    kind,
+                    it,
+                    tgt,
+                    fwd if all(fwd.values()) else None,
+                    back if complete else None,
+                    None,
+                    False,
+                    "translation_failed",
+                )
+                pairs.append(pr)
+                if complete:
+                    to_score.append(pr)
+    scores = scorer.score(
+        ["\n".join(sample_fields(p.source).values()) for p in to_score],
+        ["\n".join(p.back.values()) for p in to_score],
+        cc.source_language,
+    )
+    for pr, sc in zip(to_score, scores, strict=True):
+        pr.score = sc
+        pr.kept = sc.ccts >= cc.threshold
+        pr.reason = "kept" if pr.kept else "below_threshold"
+
+    result = ExpansionResult(out, pairs, translated_now=translated_now, recovered_lines=recovered)
+    with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:
+        for row in result.rows():
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    for kind, name in (("ift", "mmed_ift_translated"), ("mc", "mmed_ift_mc_translated")):
+        kept = [p for p in pairs if p.kind == kind and p.kept]
+        result.kept[kind] = [rebuild(p.source, p.translated, p.target_lang) for p in kept]
+        records = [
+            {**item.to_record(), "ccts": p.score.ccts, "bleu": p.score.bleu, "bertscore": p.score.bertscore}
+            for item, p in zip(result.kept[kind], kept, strict=True)
+        ]
+        save_dataset(_dataset(records, kind), out / name)
+    return result
+
+
+def _dataset(records: list[dict[str, Any]], kind: str):
+    """A dataset of translated records; an empty one keeps the same columns and types."""
+    from datasets import Dataset, Features, Sequence, Value
+
+    text = Value("string")
+    cols = {"id": text, "lang": text, "question": text}
+    cols.update({"answer": text} if kind == "ift" else {"options": Sequence(text), "answer": text, "rationale": text})
+    cols.update(
+        {
+            "source_id": text,
+            "origin": text,
+            "specialty": text,
+            "kind": text,
+            "messages": [{"role": text, "content": text}],
+            "ccts": Value("float64"),
+            "bleu": Value("float64"),
+            "bertscore": Value("float64"),
+        }
+    )
+    columns = {name: [r[name] for r in records] for name in cols}
+    return Dataset.from_dict(columns, features=Features(cols))
+
+
+def load_items(path: str | Path, kind: str) -> list[IFTSample | MCItem]:
+    """Read a dataset saved by notebook 01 or 02 back into records of ``kind``."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} not found: run the notebook that writes it first")
+    out: list[IFTSample | MCItem] = []
+    for r in load_from_disk(str(path)):
+        if kind == "ift":
+            out.append(
+                IFTSample(r["id"], r["lang"], r["question"], r["answer"], r["source_id"], r["origin"], r["specialty"])
+            )
+        else:
+            out.append(
+                MCItem(
+                    r["id"],
+                    r["lang"],
+                    r["question"],
+                    list(r["options"]),
+                    r["answer"],
+                    r["rationale"],
+                    r["source_id"],
+                    r["origin"],
+                    r["specialty"],
+                )
+            )
+    return out

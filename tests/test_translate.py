@@ -1,0 +1,182 @@
+"""Translators and the translate -> back-translate -> score cycle."""
+
+import json
+
+import pytest
+
+from mmed_helpers.ccts import CCTSScorer
+from mmed_helpers.config import load_profile
+from mmed_helpers.llm import Completion, LocalBackend
+from mmed_helpers.schema import IFTSample, MCItem
+from mmed_helpers.tiny import build_tiny_seq2seq
+from mmed_helpers.translate import (
+    LANGUAGE_NAMES,
+    LLMTranslator,
+    Seq2SeqTranslator,
+    TranslationError,
+    load_items,
+    make_translator,
+    rebuild,
+    run_expansion,
+    sample_fields,
+)
+
+TEXTS = ["Aspirin inhibits platelet aggregation.", "Atrial fibrillation raises the risk of stroke.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def seq2seq_dir(tmp_path_factory):
+    return build_tiny_seq2seq(tmp_path_factory.mktemp("s2s") / "nllb-tiny")
+
+
+def test_llm_translator_prompt_and_output(tiny_dir):
+    tr = LLMTranslator(LocalBackend(tiny_dir, batch_size=2), max_new_tokens=6)
+    msgs = tr.messages("Aspirin.", "en", "ja")
+    assert msgs[0]["role"] == "system" and "from English into Japanese" in msgs[1]["content"]
+    assert msgs[1]["content"].endswith("Aspirin.")
+    out = tr.translate(TEXTS, "en", "fr")
+    assert len(out) == 3 and all(isinstance(c, Completion) and c.text for c in out)
+    assert tr.describe()["translator"] == "llm"
+
+
+def test_seq2seq_translator_nllb_style(seq2seq_dir):
+    tr = Seq2SeqTranslator(seq2seq_dir, style="nllb", batch_size=2, max_new_tokens=6)
+    out = tr.translate(TEXTS, "en", "fr")
+    assert len(out) == 3 and all(c.error is None for c in out)
+    one_by_one = Seq2SeqTranslator(seq2seq_dir, style="nllb", batch_size=1, max_new_tokens=6).translate(
+        TEXTS, "en", "fr"
+    )
+    assert [c.text for c in out] == [c.text for c in one_by_one]
+    # the target code is forced as the first generated token
+    tok, model = tr._load(str(seq2seq_dir))
+    enc = tok(["eng_Latn " + TEXTS[0]], return_tensors="pt")
+    gen = model.generate(**enc, forced_bos_token_id=tok.convert_tokens_to_ids("jpn_Jpan"), max_new_tokens=3)
+    assert tok.convert_ids_to_tokens(int(gen[0, 1])) == "jpn_Jpan"
+    with pytest.raises(TranslationError, match="no nllb language code for 'de'"):
+        tr.translate(TEXTS, "en", "de")
+
+
+def test_seq2seq_marian_style_loads_one_model_per_pair(seq2seq_dir, tmp_path):
+    for pair in ("en-fr", "fr-en"):
+        (tmp_path / f"opus-{pair}").symlink_to(seq2seq_dir, target_is_directory=True)
+    tr = Seq2SeqTranslator(str(tmp_path / "opus-{src}-{tgt}"), style="marian", max_new_tokens=4)
+    assert len(tr.translate(TEXTS[:1], "en", "fr")) == 1 and len(tr.translate(TEXTS[:1], "fr", "en")) == 1
+    assert sorted(tr._loaded) == [str(tmp_path / "opus-en-fr"), str(tmp_path / "opus-fr-en")]
+    with pytest.raises(TranslationError, match="needs a pattern with"):
+        Seq2SeqTranslator("Helsinki-NLP/opus-mt-en-fr", style="marian")
+    with pytest.raises(TranslationError, match="style must be one of"):
+        Seq2SeqTranslator(seq2seq_dir, style="google")
+
+
+def test_make_translator_follows_the_profile(tiny_dir, seq2seq_dir):
+    assert isinstance(make_translator(load_profile("smoke"), tiny_dir), LLMTranslator)
+    cfg = load_profile("smoke", {"ccts.translator": "seq2seq", "ccts.translator_model": str(seq2seq_dir)})
+    assert isinstance(make_translator(cfg, tiny_dir), Seq2SeqTranslator)
+    with pytest.raises(TranslationError, match="translator_model is empty"):
+        make_translator(load_profile("smoke", {"ccts.translator": "seq2seq"}), tiny_dir)
+
+
+def test_fields_and_rebuild_keep_the_structure():
+    mc = MCItem("m1", "en", "Q?", ["a", "b", "c", "d", "e"], "C", "R.")
+    fields = sample_fields(mc)
+    assert list(fields) == ["question", "option_A", "option_B", "option_C", "option_D", "option_E", "rationale"]
+    fr = rebuild(mc, {k: v.upper() for k, v in fields.items()}, "fr")
+    assert (fr.id, fr.lang, fr.answer, fr.options, fr.source_id, fr.origin) == (
+        "m1|fr",
+        "fr",
+        "C",
+        ["A", "B", "C", "D", "E"],
+        "m1",
+        "translated",
+    )
+
+
+class TaggingTranslator:
+    """A reversible test translator: forward adds a target tag, backward removes it; for ``lossy`` targets the
+    back-translation loses its last word. The cycle, the scorer and the filter under test are the real ones."""
+
+    def __init__(self, lossy=(), failing=()):
+        self.lossy, self.failing, self.calls = set(lossy), set(failing), 0
+
+    def describe(self):
+        return {"translator": "tagging-test"}
+
+    def translate(self, texts, src, tgt):
+        self.calls += len(texts)
+        out = []
+        for t in texts:
+            if tgt in self.failing:
+                out.append(Completion("", error="HTTP 503"))
+            elif src == "en":
+                out.append(Completion(f"[{tgt}] {t}"))
+            else:
+                back = t.split("] ", 1)[1]
+                out.append(Completion(back.rsplit(" ", 1)[0] if src in self.lossy else back))
+        return out
+
+
+def _items():
+    ift = [
+        IFTSample(
+            f"i{k}",
+            "en",
+            f"What does drug {k} treat in adults?",
+            f"Drug {k} treats chronic heart failure with reduced ejection fraction in adults.",
+        )
+        for k in range(3)
+    ]
+    ift.append(IFTSample("z0", "zh", "问题？", "答案。"))  # not English: not a source
+    mc = [
+        MCItem(
+            "m0",
+            "en",
+            "Which vessel is occluded in an inferior infarction?",
+            ["Right coronary artery", "Left anterior descending", "Circumflex", "Left main"],
+            "A",
+            "Inferior ST elevation usually reflects right coronary artery occlusion.",
+        )
+    ]
+    return {"ift": ift, "mc": mc}
+
+
+def test_cycle_scores_filters_and_resumes(tmp_path):
+    cfg = load_profile("smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 2})
+    scorer = CCTSScorer(batch_size=8)
+    tr = TaggingTranslator(lossy={"ja"})
+    result = run_expansion(cfg, tmp_path, tr, scorer, _items(), progress=False)
+    rows = {r["id"]: r for r in result.rows()}
+    assert len(rows) == (2 + 1) * 2  # 2 IFT + 1 MC sources (max 2 per dataset) x 2 targets
+    assert tr.calls == 2 * (2 * 2 + 6) * 2  # fields x targets, forward and back
+    assert rows["i0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6) and rows["i0|fr"]["kept"]
+    assert rows["i0|ja"]["ccts"] < 0.8 and rows["i0|ja"]["reason"] == "below_threshold"
+    assert {r["id"] for r in rows.values() if r["kept"]} == {"i0|fr", "i1|fr", "m0|fr"}
+    kept_mc = result.kept["mc"][0]
+    assert kept_mc.lang == "fr" and kept_mc.options[0] == "[fr] Right coronary artery" and kept_mc.answer == "A"
+
+    saved = load_items(tmp_path / "mmed_ift_mc_translated", "mc")
+    assert [it.id for it in saved] == ["m0|fr"] and saved[0].origin == "translated"
+    assert len([json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]) == 6
+
+    # a lower threshold keeps the lossy pairs too, without translating again
+    lower = load_profile(
+        "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 2, "ccts.threshold": 0.3}
+    )
+    again = run_expansion(lower, tmp_path, TaggingTranslator(lossy={"ja"}), scorer, _items(), progress=False)
+    assert again.translated_now == 0
+    assert sum(p.kept for p in again.pairs) == 6
+    assert len(load_items(tmp_path / "mmed_ift_translated", "ift")) == 4
+
+
+def test_failed_translations_are_counted_and_retried(tmp_path):
+    cfg = load_profile("smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 1})
+    result = run_expansion(cfg, tmp_path, TaggingTranslator(failing={"ja"}), CCTSScorer(), _items(), progress=False)
+    reasons = {r["id"]: r["reason"] for r in result.rows()}
+    assert reasons == {"i0|fr": "kept", "i0|ja": "translation_failed", "m0|fr": "kept", "m0|ja": "translation_failed"}
+    retry = TaggingTranslator()
+    again = run_expansion(cfg, tmp_path, retry, CCTSScorer(), _items(), progress=False)
+    assert retry.calls == again.translated_now == (2 + 6) * 2  # only the failed ja fields, forward and back
+    assert all(p.kept for p in again.pairs)
+
+
+def test_language_names_cover_the_course():
+    assert set(LANGUAGE_NAMES) == {"en", "zh", "ja", "fr", "ru", "es"}
