@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tiny_model.py
 	$(BIN)/python benchmarks/generation_batching.py
 	$(BIN)/python benchmarks/ccts_scoring.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

@@ -145,6 +145,8 @@ class StageConfig:
     logging_steps: int = 10
     save_steps: int = 200
     gradient_checkpointing: bool = True
+    merge: bool = False
+    """Merge the adapter into a full model directory after training (stage 1: the base of stage 2)."""
 
 
 @dataclass

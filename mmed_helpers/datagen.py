@@ -452,11 +452,30 @@ def _dedup_text(item: IFTSample | MCItem) -> str:
 # --------------------------------------------------------------------------- datasets and the whole step
 
 
-def to_dataset(items: Sequence[IFTSample | MCItem]):
-    """A Hugging Face ``Dataset`` in chat form (``messages``) plus the structured fields."""
-    from datasets import Dataset
+def records_dataset(records: Sequence[dict[str, Any]], kind: str, float_columns: Sequence[str] = ()):
+    """A Hugging Face ``Dataset`` of ``kind`` records (``to_record`` dicts) with explicit column types, so an
+    empty set keeps its columns. ``float_columns`` are extra numeric columns (e.g. scores)."""
+    from datasets import Dataset, Features, Sequence, Value
 
-    return Dataset.from_list([it.to_record() for it in items])
+    text = Value("string")
+    cols: dict[str, Any] = {"id": text, "lang": text, "question": text}
+    cols.update({"answer": text} if kind == "ift" else {"options": Sequence(text), "answer": text, "rationale": text})
+    cols.update(
+        {
+            "source_id": text,
+            "origin": text,
+            "specialty": text,
+            "kind": text,
+            "messages": [{"role": text, "content": text}],
+        }
+    )
+    cols.update({name: Value("float64") for name in float_columns})
+    return Dataset.from_dict({name: [r[name] for r in records] for name in cols}, features=Features(cols))
+
+
+def to_dataset(items: Sequence[IFTSample | MCItem], kind: str):
+    """A Hugging Face ``Dataset`` in chat form (``messages``) plus the structured fields."""
+    return records_dataset([it.to_record() for it in items], kind)
 
 
 def save_dataset(dataset, path: str | Path) -> Path:
@@ -533,7 +552,7 @@ def run_datagen(
         kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
         if not kept:
             raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
-        save_dataset(to_dataset(kept), out / name)
+        save_dataset(to_dataset(kept, kind), out / name)
         items[kind], reports[kind] = kept, report
     return DatagenResult(out, items, reports, generated, recovered, backend.describe())
 

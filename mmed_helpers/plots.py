@@ -104,3 +104,19 @@ def plot_threshold_sweep(rows: Sequence[dict], threshold: float, save_to: str | 
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("How many translations survive each threshold")
     return _finish(fig, save_to)
+
+
+def plot_losses(curves: dict[str, Sequence[tuple[int, float]]], save_to: str | Path | None = None):
+    """Training loss against step, one line per run (``TrainResult.losses``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, marker="." if len(points) < 50 else None, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (assistant tokens)")
+    ax.set_title("Training loss")
+    ax.legend(fontsize=8)
+    return _finish(fig, save_to)

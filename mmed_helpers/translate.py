@@ -45,6 +45,7 @@ LANGUAGE_NAMES = {
     "es": "Spanish",
 }
 M2M_CODES = {lang: f"__{lang}__" for lang in LANGUAGE_NAMES}
+SCORE_COLUMNS = ("ccts", "bleu", "bertscore")
 
 
 class TranslationError(ValueError):
@@ -291,7 +292,7 @@ def run_expansion(
     ``mmed_ift_mc_translated``) and every score (``scores.jsonl``) into ``out_dir``."""
     from tqdm.auto import tqdm
 
-    from .datagen import save_dataset
+    from .datagen import records_dataset, save_dataset
 
     cc = cfg.ccts
     out = Path(out_dir)
@@ -373,31 +374,8 @@ def run_expansion(
             {**item.to_record(), "ccts": p.score.ccts, "bleu": p.score.bleu, "bertscore": p.score.bertscore}
             for item, p in zip(result.kept[kind], kept, strict=True)
         ]
-        save_dataset(_dataset(records, kind), out / name)
+        save_dataset(records_dataset(records, kind, SCORE_COLUMNS), out / name)
     return result
-
-
-def _dataset(records: list[dict[str, Any]], kind: str):
-    """A dataset of translated records; an empty one keeps the same columns and types."""
-    from datasets import Dataset, Features, Sequence, Value
-
-    text = Value("string")
-    cols = {"id": text, "lang": text, "question": text}
-    cols.update({"answer": text} if kind == "ift" else {"options": Sequence(text), "answer": text, "rationale": text})
-    cols.update(
-        {
-            "source_id": text,
-            "origin": text,
-            "specialty": text,
-            "kind": text,
-            "messages": [{"role": text, "content": text}],
-            "ccts": Value("float64"),
-            "bleu": Value("float64"),
-            "bertscore": Value("float64"),
-        }
-    )
-    columns = {name: [r[name] for r in records] for name in cols}
-    return Dataset.from_dict(columns, features=Features(cols))
 
 
 def load_items(path: str | Path, kind: str) -> list[IFTSample | MCItem]:

@@ -105,3 +105,18 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     assert len(m02["outputs"]["kept_ids"]) == len(complete)
     kept_ds = load_from_disk(str(ccts_dir / "mmed_ift_translated"))
     assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) == {"translated"}
+
+    # 03_stage1_dora / 04_stage2_qlora: DoRA adapter, exact merge, 4-bit QLoRA adapter on the merged model
+    m03 = json.loads((run / "03_stage1_dora" / "manifest.json").read_text())
+    assert m03["outputs"]["train"]["global_step"] == 20 and m03["outputs"]["train"]["backend"] == "unsloth"
+    assert m03["outputs"]["merge_check"]["max_abs_diff"] < 1e-4
+    assert (run / "03_stage1_dora" / "merged" / "model.safetensors").is_file()
+    adapter1 = json.loads((run / "03_stage1_dora" / "train" / "adapter" / "adapter_config.json").read_text())
+    assert (adapter1["use_dora"], adapter1["r"], adapter1["lora_alpha"]) == (True, 32, 16)
+    m04 = json.loads((run / "04_stage2_qlora" / "manifest.json").read_text())
+    assert m04["outputs"]["train"]["quantized_layers"] == 14 and m04["outputs"]["train"]["global_step"] == 20
+    adapter2 = json.loads((run / "04_stage2_qlora" / "train" / "adapter" / "adapter_config.json").read_text())
+    assert (adapter2["use_dora"], adapter2["r"], adapter2["lora_alpha"]) == (False, 16, 8)
+    assert m04["inputs"]["stage1_model"]["path"] == str(run / "03_stage1_dora" / "merged")
+    for nb in ("03_stage1_dora", "04_stage2_qlora"):
+        assert (run / nb / "loss.png").stat().st_size > 5000

@@ -1,0 +1,480 @@
+"""Supervised fine-tuning stages: load a base, attach the stage's adapter, train, save, resume, merge.
+
+The paper's recipe, as two calls of one API:
+
+* stage 1 - DoRA (r=32, alpha=16) on MMed-IFT (+ the CCTS-filtered translations), then the adapter is merged
+  into the base (:func:`merge_adapter`);
+* stage 2 - QLoRA (the merged model loaded in 4-bit NF4, LoRA r=16, alpha=8) on MMed-IFT-MC.
+
+Training goes through Unsloth's ``FastLanguageModel`` (fused kernels on a CUDA GPU, a transformers + PEFT
+fallback on CPU). Where Unsloth cannot be imported (or ``MMED_DISABLE_UNSLOTH=1``), the same configs run on
+plain transformers + PEFT (+ bitsandbytes for 4-bit), and the API says so once. Records are chat messages; they
+are trained as prompt -> completion, so the loss falls on the assistant's answer only. Checkpoints go to
+``<out>/checkpoints`` every ``save_steps``; a rerun resumes from the last complete one::
+
+    >>> result = train_stage("stage1", cfg.stage1, base_path, [ift_dir], out_dir, cfg.model, seed=cfg.seed)
+    >>> merge_adapter(base_path, result.adapter_dir, merged_dir, dtype="float32")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifacts import atomic_write_text, write_manifest
+from .config import ModelConfig, StageConfig
+
+_ANNOUNCED = False
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start (missing model or data, empty dataset); the message names the fix."""
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def unsloth_enabled() -> bool:
+    """True if Unsloth can be used (importable and not disabled with ``MMED_DISABLE_UNSLOTH=1``)."""
+    if os.environ.get("MMED_DISABLE_UNSLOTH", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        import unsloth  # noqa: F401  (must be imported before transformers, trl, peft)
+    except Exception as exc:  # ImportError, or a GPU-stack error on an unsupported machine
+        _announce(
+            f"Unsloth unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "training with transformers + PEFT instead"
+        )
+        return False
+    return True
+
+
+def _announce(message: str) -> None:
+    global _ANNOUNCED
+    if not _ANNOUNCED:
+        print(message, flush=True)
+        _ANNOUNCED = True
+
+
+def resolve_dtype(dtype: str):
+    """``auto`` -> bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: ModelConfig, seed: int = 42):
+    """Load ``model_path`` (4-bit NF4 if the stage says so) and attach the stage's adapter.
+
+    Returns ``(model, tokenizer, backend)`` with ``backend`` ``"unsloth"`` or ``"peft"``."""
+    path = Path(model_path).expanduser().resolve()  # absolute: a relative path looks like a hub id
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"model directory {path} not found (no config.json)")
+    if stage.method not in ("dora", "lora", "qlora"):
+        raise TrainingError(f"stage method must be dora, lora or qlora, got {stage.method!r}")
+    if stage.method == "qlora" and not stage.load_in_4bit:
+        raise TrainingError("method qlora needs load_in_4bit: true")
+    dtype = resolve_dtype(model_cfg.dtype)
+    use_dora = stage.method == "dora"
+    if unsloth_enabled():
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            str(path), max_seq_length=model_cfg.max_seq_length, dtype=dtype, load_in_4bit=stage.load_in_4bit
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=stage.r,
+            lora_alpha=stage.lora_alpha,
+            lora_dropout=stage.lora_dropout,
+            target_modules=list(stage.target_modules),
+            use_dora=use_dora,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if stage.gradient_checkpointing else False,
+            random_state=seed,
+        )
+        return model, tok, "unsloth"
+
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if stage.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=stage.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+    elif torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if stage.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.gradient_checkpointing)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lora = LoraConfig(
+        r=stage.r,
+        lora_alpha=stage.lora_alpha,
+        lora_dropout=stage.lora_dropout,
+        target_modules=list(stage.target_modules),
+        use_dora=use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tok, "peft"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_sft_dataset(paths: Sequence[str | Path]):
+    """Concatenate the chat datasets at ``paths`` (empty ones are skipped) as prompt -> completion records.
+
+    Raises :class:`TrainingError` naming the missing folder, or when there is nothing to train on."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise TrainingError(f"training data {p} not found: run the notebook that writes it first")
+        ds = load_from_disk(str(p))
+        if len(ds):
+            parts.append(ds.select_columns(["messages"]))
+    if not parts:
+        raise TrainingError(f"no training examples in {[str(p) for p in paths]}: refusing to train on an empty dataset")
+    ds = concatenate_datasets(parts)
+
+    def split(record):
+        msgs = record["messages"]
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise TrainingError("every training record must end with an assistant message")
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+    return ds.map(split, remove_columns=ds.column_names)
+
+
+def tokenize_completions(dataset, tokenizer, max_length: int):
+    """prompt -> completion records as ``input_ids`` / ``labels`` with the prompt masked (-100), so the loss
+    falls on the completion (the assistant's answer and its end-of-turn token) only. Truncated to
+    ``max_length``; records left with no completion token are dropped."""
+
+    def encode(record):
+        prompt = tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=True)
+        prompt, full = _ids(prompt), _ids(full)
+        if full[: len(prompt)] != prompt:  # a template that rewrites earlier turns: mask by length anyway
+            prompt = full[: len(prompt)]
+        ids = full[:max_length]
+        labels = ([-100] * len(prompt) + full[len(prompt) :])[:max_length]
+        return {"input_ids": ids, "labels": labels}
+
+    out = dataset.map(encode, remove_columns=dataset.column_names)
+    return out.filter(lambda r: any(x != -100 for x in r["labels"]))
+
+
+def _ids(encoded) -> list[int]:
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+class CompletionCollator:
+    """Right-pads ``input_ids`` (pad token), ``labels`` (-100) and builds the attention mask."""
+
+    def __init__(self, tokenizer):
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, batch):
+        import torch
+
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (``trainer_state.json`` written, which the trainer does last)."""
+    d = Path(checkpoints_dir)
+    if not d.is_dir():
+        return None
+    found = []
+    for c in d.glob("checkpoint-*"):
+        try:
+            step = int(c.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if (c / "trainer_state.json").is_file():
+            found.append((step, c))
+    return max(found)[1] if found else None
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    name: str
+    out_dir: Path
+    adapter_dir: Path
+    backend: str
+    global_step: int
+    final_loss: float | None
+    losses: list[tuple[int, float]]
+    wall_s: float
+    peak_memory_gib: float
+    memory_kind: str
+    resumed_from: str | None
+    examples: int
+    trained_tokens: float | None = None
+    quantized_layers: int = 0
+    """Linear layers held in 4-bit (bitsandbytes ``Linear4bit``): > 0 for QLoRA."""
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each optimizer step of this run (for throughput without the warm-up)."""
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"], d["adapter_dir"] = str(self.out_dir), str(self.adapter_dir)
+        d.pop("losses")
+        d.pop("step_seconds")
+        return d
+
+
+def train_stage(
+    name: str,
+    stage: StageConfig,
+    model_path: str | Path,
+    data_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    model_cfg: ModelConfig,
+    seed: int = 42,
+    progress: bool = True,
+    profile: str = "",
+) -> TrainResult:
+    """Train one stage and save its adapter into ``out_dir/adapter``; resume from ``out_dir/checkpoints``.
+
+    Writes ``out_dir/manifest.json`` (config, data hashes, versions, steps, final loss, wall time, peak
+    memory) and ``out_dir/log_history.json``."""
+    out = Path(out_dir).expanduser().resolve()
+    dataset = load_sft_dataset(data_paths)  # fails before loading any model when data is missing or empty
+    model, tok, backend = load_for_training(model_path, stage, model_cfg, seed)
+    _announce(f"training backend: {backend}")
+
+    import torch
+
+    dtype = resolve_dtype(model_cfg.dtype)
+    on_gpu = torch.cuda.is_available()
+    common = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=stage.per_device_train_batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate,
+        num_train_epochs=stage.num_train_epochs,
+        max_steps=stage.max_steps,
+        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=stage.weight_decay,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        logging_steps=stage.logging_steps,
+        save_steps=stage.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        disable_tqdm=not progress,
+        optim="adamw_8bit" if on_gpu and stage.load_in_4bit else "adamw_torch",
+    )
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if backend == "unsloth":
+            # trl's SFTTrainer, as patched by Unsloth: prompt -> completion records, loss on the completion only
+            from trl import SFTConfig, SFTTrainer
+
+            args = SFTConfig(**common, max_length=model_cfg.max_seq_length)
+            trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=args)
+        else:
+            # transformers' Trainer: trl 1.15's SFTTrainer needs triton, which CPU-only and macOS torch lack
+            from transformers import Trainer, TrainingArguments
+
+            features = tokenize_completions(dataset, tok, model_cfg.max_seq_length)
+            args = TrainingArguments(
+                **common, gradient_checkpointing=stage.gradient_checkpointing, remove_unused_columns=False
+            )
+            trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=CompletionCollator(tok))
+    quantized = sum(
+        type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes") for m in model.modules()
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    timer = _StepTimer()
+    trainer.add_callback(timer)
+    resume = last_checkpoint(out / "checkpoints")
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - t0
+
+    adapter = out / "adapter"
+    tmp = out / ".adapter.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    tmp.rename(adapter)
+
+    history = trainer.state.log_history
+    losses = [(h["step"], float(h["loss"])) for h in history if "loss" in h]
+    if on_gpu:
+        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "gpu_allocated"
+    else:
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak, kind = rss_kib / 2**20 if platform.system() != "Darwin" else rss_kib / 2**30, "cpu_process_rss"
+    tokens = next((h.get("num_tokens") for h in reversed(history) if "num_tokens" in h), None)
+    result = TrainResult(
+        name=name,
+        out_dir=out,
+        adapter_dir=adapter,
+        backend=backend,
+        global_step=trainer.state.global_step,
+        final_loss=losses[-1][1] if losses else None,
+        losses=losses,
+        wall_s=wall,
+        peak_memory_gib=round(peak, 3),
+        memory_kind=kind,
+        resumed_from=str(resume) if resume else None,
+        examples=len(dataset),
+        trained_tokens=tokens,
+        quantized_layers=quantized,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        step_seconds=timer.seconds,
+    )
+    atomic_write_text(out / "log_history.json", json.dumps(history, indent=1) + "\n")
+    write_manifest(
+        out,
+        step=name,
+        profile=profile,
+        parameters={"stage": asdict(stage), "model": asdict(model_cfg), "base_model": str(Path(model_path).resolve())},
+        seed=seed,
+        inputs={f"data_{i}": p for i, p in enumerate(data_paths)},
+        outputs=result.summary(),
+        timings={"train": wall},
+    )
+    return result
+
+
+def _StepTimer():  # noqa: N802 - a factory, so transformers is imported only when training
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Seconds between consecutive optimizer-step ends (the first from the start of training)."""
+
+        def __init__(self):
+            self.seconds: list[float] = []
+            self._last = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            if self._last is not None:
+                self.seconds.append(now - self._last)
+            self._last = now
+
+    return StepTimer()
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
+    """Merge a (Do)LoRA adapter into its base with PEFT and save a plain model directory (16-bit on a GPU,
+    the model's float32 on CPU) with the tokenizer. The base is loaded unquantised, so a QLoRA adapter is
+    merged into full-precision weights. Written through a temporary folder: never half a model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path, adapter_dir, out = Path(base_path).resolve(), Path(adapter_dir).resolve(), Path(out_dir).resolve()
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TrainingError(f"no adapter in {adapter_dir}: train the stage first")
+    torch_dtype = resolve_dtype(dtype)
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch_dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def merge_check(base_path: str | Path, adapter_dir: str | Path, merged_dir: str | Path, texts: Sequence[str]) -> dict:
+    """Compare logits of base + adapter with the merged model on ``texts`` (float32): the max and mean absolute
+    difference, the logits' mean magnitude, and whether every argmax agrees."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(merged_dir))
+    enc = tok(list(texts), return_tensors="pt", padding=True)
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32), str(adapter_dir)
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        a, b, c = (m(**enc).logits for m in (with_adapter, merged, base))
+    mask = enc["attention_mask"].bool()
+    diff = (a - b).abs()[mask]
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "logit_mean_magnitude": float(a.abs()[mask].mean()),
+        "argmax_agreement": float((a.argmax(-1) == b.argmax(-1))[mask].float().mean()),
+        "adapter_effect_max": float((a - c).abs()[mask].max()),
+    }
+
+
+def require_model_dir(path: str | Path, produced_by: str) -> Path:
+    """``path`` if it holds a model, else a clear error naming the notebook that writes it."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise TrainingError(f"model directory {p} not found; run notebook {produced_by} first")
+    return p

@@ -1,0 +1,195 @@
+"""Training API on CPU: both backends (Unsloth's CPU fallback in a subprocess, plain PEFT in-process), DoRA,
+merge exactness, 4-bit QLoRA, resume after a kill, and the clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mmed_helpers.config import load_profile
+from mmed_helpers.datagen import load_seeds, save_dataset, to_dataset
+from mmed_helpers.train import (
+    TrainingError,
+    last_checkpoint,
+    load_sft_dataset,
+    merge_adapter,
+    merge_check,
+    require_model_dir,
+    tokenize_completions,
+    train_stage,
+)
+
+TEXTS = ["What defines chronic kidney disease?", "慢性乙型肝炎是什么？", "Что такое эпилепсия?"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    save_dataset(to_dataset(load_seeds("ift", ["en", "zh", "ru"]), "ift"), d / "ift")
+    save_dataset(to_dataset(load_seeds("mc", ["en", "fr"]), "mc"), d / "mc")
+    save_dataset(to_dataset([], "ift"), d / "empty")
+    return d
+
+
+def _cfg(**over):
+    base = {"stage1.max_steps": 6, "stage1.save_steps": 3, "stage2.max_steps": 4, "stage2.save_steps": 2}
+    return load_profile("smoke", {**base, **over})
+
+
+@pytest.fixture
+def peft_only(monkeypatch):
+    monkeypatch.setenv("MMED_DISABLE_UNSLOTH", "1")
+
+
+def test_peft_backend_dora_merge_and_qlora(peft_only, tiny_dir, data, tmp_path):
+    cfg = _cfg()
+    r1 = train_stage(
+        "stage1", cfg.stage1, tiny_dir, [data / "ift", data / "empty"], tmp_path / "s1", cfg.model, progress=False
+    )
+    assert (r1.backend, r1.global_step, r1.examples) == ("peft", 6, 60)
+    assert len(r1.losses) == 6 and all(8.0 < loss < 8.7 for _, loss in r1.losses)
+    assert (r1.adapter_dir / "adapter_config.json").is_file()
+    adapter_cfg = json.loads((r1.adapter_dir / "adapter_config.json").read_text())
+    assert (adapter_cfg["r"], adapter_cfg["lora_alpha"], adapter_cfg["use_dora"]) == (32, 16, True)
+    assert set(adapter_cfg["target_modules"]) == set(cfg.stage1.target_modules)
+    assert 0 < r1.trainable_parameters < 0.2 * r1.total_parameters and r1.quantized_layers == 0
+    manifest = json.loads((tmp_path / "s1" / "manifest.json").read_text())
+    assert manifest["outputs"]["global_step"] == 6 and manifest["parameters"]["stage"]["method"] == "dora"
+    assert set(manifest["inputs"]) == {"data_0", "data_1"} and manifest["outputs"]["final_loss"] == r1.final_loss
+
+    merged = merge_adapter(tiny_dir, r1.adapter_dir, tmp_path / "merged", dtype="float32")
+    check = merge_check(tiny_dir, r1.adapter_dir, merged, TEXTS)
+    assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+    assert check["adapter_effect_max"] > 100 * check["max_abs_diff"]  # the adapter changed the model
+
+    r2 = train_stage("stage2", cfg.stage2, merged, [data / "mc"], tmp_path / "s2", cfg.model, progress=False)
+    assert r2.quantized_layers == 14  # 2 layers x 7 projections held in bitsandbytes NF4
+    qcfg = json.loads((r2.adapter_dir / "adapter_config.json").read_text())
+    assert (qcfg["r"], qcfg["lora_alpha"], qcfg["use_dora"]) == (16, 8, False)
+    assert r2.global_step == 4
+
+
+def test_loss_falls_only_on_the_completion(tiny_dir, data):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ds = load_sft_dataset([data / "mc"])
+    feats = tokenize_completions(ds, tok, max_length=4096)
+    row, rec = feats[0], ds[0]
+    target = [i for i, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert tok.decode(target) == rec["completion"][0]["content"] + "<|eot_id|>"
+    assert row["labels"][: len(row["labels"]) - len(target)] == [-100] * (len(row["labels"]) - len(target))
+    short = tokenize_completions(ds, tok, max_length=16)  # prompts longer than 16 tokens leave no target
+    assert len(short) == 0
+
+
+def test_errors_name_the_fix(tiny_dir, data, tmp_path):
+    cfg = _cfg()
+    with pytest.raises(TrainingError, match="refusing to train on an empty dataset"):
+        train_stage("stage1", cfg.stage1, tiny_dir, [data / "empty"], tmp_path / "x", cfg.model)
+    with pytest.raises(TrainingError, match="nope not found: run the notebook that writes it first"):
+        train_stage("stage1", cfg.stage1, tiny_dir, [tmp_path / "nope"], tmp_path / "x", cfg.model)
+    with pytest.raises(TrainingError, match="run notebook 03_stage1_dora first"):
+        require_model_dir(tmp_path / "merged", "03_stage1_dora")
+    with pytest.raises(TrainingError, match="no adapter in"):
+        merge_adapter(tiny_dir, tmp_path, tmp_path / "m")
+    assert not (tmp_path / "x").exists()  # nothing was loaded or written
+
+
+def test_last_checkpoint_ignores_incomplete_ones(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        c = tmp_path / f"checkpoint-{step}"
+        c.mkdir()
+        if complete:
+            (c / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert last_checkpoint(tmp_path / "none") is None
+
+
+UNSLOTH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from mmed_helpers.config import load_profile
+    from mmed_helpers.train import train_stage, merge_adapter, merge_check
+    tiny, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    cfg = load_profile("smoke", {"stage1.max_steps": 6, "stage2.max_steps": 4})
+    r1 = train_stage("stage1", cfg.stage1, tiny, [data / "ift"], out / "s1", cfg.model, progress=False)
+    merged = merge_adapter(tiny, r1.adapter_dir, out / "merged", dtype="float32")
+    check = merge_check(tiny, r1.adapter_dir, merged, ["What defines chronic kidney disease?"])
+    r2 = train_stage("stage2", cfg.stage2, merged, [data / "mc"], out / "s2", cfg.model, progress=False)
+    print("RESULT=" + json.dumps({"s1": r1.summary(), "s2": r2.summary(), "check": check}))
+    """
+)
+
+
+def test_unsloth_backend_runs_the_recipe_on_cpu(tiny_dir, data, tmp_path):
+    env = {**os.environ, "MMED_DISABLE_UNSLOTH": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", UNSLOTH_SCRIPT, str(tiny_dir), str(data), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT="))[7:])
+    assert res["s1"]["backend"] == res["s2"]["backend"] == "unsloth"
+    assert res["s1"]["global_step"] == 6 and res["s2"]["global_step"] == 4
+    assert res["s2"]["quantized_layers"] == 14
+    assert res["check"]["max_abs_diff"] < 1e-4 and res["check"]["argmax_agreement"] == 1.0
+    assert json.loads((tmp_path / "s1" / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from mmed_helpers.config import load_profile
+    from mmed_helpers.train import train_stage
+    cfg = load_profile("smoke", {"stage1.max_steps": 60, "stage1.save_steps": 4, "stage1.logging_steps": 1})
+    r = train_stage("stage1", cfg.stage1, sys.argv[1], [sys.argv[2]], sys.argv[3], cfg.model, progress=False)
+    print("RESULT=" + json.dumps(r.summary()))
+    """
+)
+
+
+def test_killed_training_resumes_from_the_last_checkpoint(tiny_dir, data, tmp_path):
+    out = tmp_path / "s1"
+    args = [sys.executable, "-c", KILL_SCRIPT, str(tiny_dir), str(data / "ift"), str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists():
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = last_checkpoint(out / "checkpoints")
+    assert killed_at is not None, "no checkpoint before the kill"
+    step = int(killed_at.name.split("-")[1])
+    assert 8 <= step < 60 and not (out / "adapter").exists(), "the process must be killed mid-run"
+
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT="))[7:])
+    assert res["resumed_from"] == str(killed_at) and res["global_step"] == 60
+    history = json.loads((out / "log_history.json").read_text())
+    logged = [h["step"] for h in history if "loss" in h]
+    assert logged[-1] == 60 and len(set(logged)) == len(logged)
+    assert min(logged) == 1  # the resumed state carries the log of the steps before the kill
+
+
+@pytest.mark.gpu
+def test_gpu_qlora_stage_through_unsloth(tiny_dir, data, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", UNSLOTH_SCRIPT, str(tiny_dir), str(data), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT="))[7:])
+    assert res["s2"]["memory_kind"] == "gpu_allocated" and res["s2"]["quantized_layers"] == 14
