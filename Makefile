@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/generation_batching.py
 	$(BIN)/python benchmarks/ccts_scoring.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/eval_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

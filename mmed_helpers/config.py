@@ -151,13 +151,22 @@ class StageConfig:
 
 @dataclass
 class EvalConfig:
-    """Notebook 05: multiple-choice evaluation."""
+    """Notebook 05: multiple-choice evaluation of base, stage 1, stage 2 and the single-stage ablation."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["medqa", "medmcqa", "pubmedqa", "mmedbench"])
+    medqa_source: str = "bundled"
+    """``bundled`` (the course's small set), ``hub`` (the public dataset, online), or a local file/folder."""
+    medmcqa_source: str = "bundled"
+    pubmedqa_source: str = "bundled"
+    mmedbench_source: str = "bundled"
     max_items_per_benchmark: int = 0
-    """0 = the whole test split."""
-    scoring: str = "loglik"
-    """``loglik`` (lm-evaluation-harness protocol) or ``generate`` (generation + answer extraction)."""
+    """Per benchmark and language; 0 = all items."""
+    protocols: list[str] = field(default_factory=lambda: ["loglik", "generate"])
+    """``loglik`` (lm-evaluation-harness protocol) and/or ``generate`` (chat generation + answer extraction)."""
+    models: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2", "single_stage"])
+    train_single_stage: bool = True
+    """Train the single-stage ablation (stage 2's recipe on the base) if the run has none yet."""
+    max_new_tokens: int = 32
     batch_size: int = 8
 
 

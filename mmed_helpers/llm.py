@@ -82,6 +82,17 @@ class LocalBackend:
         torch_dtype = _resolve_dtype(dtype, self.device)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer, batch_size: int = 8, name: str = "loaded") -> LocalBackend:
+        """Wrap a model and tokenizer that are already in memory (e.g. base + adapter for evaluation)."""
+        self = cls.__new__(cls)
+        self.model_name, self.batch_size, self.model, self.tokenizer = name, max(1, batch_size), model, tokenizer
+        self.device = str(next(model.parameters()).device)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return self
+
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "model": self.model_name, "device": self.device, "batch_size": self.batch_size}
 

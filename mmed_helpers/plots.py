@@ -120,3 +120,37 @@ def plot_losses(curves: dict[str, Sequence[tuple[int, float]]], save_to: str | P
     ax.set_title("Training loss")
     ax.legend(fontsize=8)
     return _finish(fig, save_to)
+
+
+def plot_accuracy(
+    rows: Sequence[dict],
+    group_by: str,
+    title: str,
+    save_to: str | Path | None = None,
+    models: Sequence[str] | None = None,
+):
+    """Grouped bars of accuracy with 95 % intervals: one group per ``group_by`` value (``lang`` or
+    ``benchmark``), one bar per model (rows from ``evaluate.summarize``)."""
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r[group_by] for r in rows))
+    present = {r["model"] for r in rows}
+    models = [m for m in (models or sorted(present)) if m in present]
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.3 * len(groups) * max(len(models), 1) + 2)), 3.4))
+    for k, model in enumerate(models):
+        xs, ys, lo, hi = [], [], [], []
+        for g, group in enumerate(groups):
+            row = next((r for r in rows if r[group_by] == group and r["model"] == model), None)
+            if row:
+                xs.append(g + (k - (len(models) - 1) / 2) * width)
+                ys.append(row["accuracy"])
+                lo.append(row["accuracy"] - row["ci_low"])
+                hi.append(row["ci_high"] - row["accuracy"])
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=2, label=model)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95 % CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(len(models), 4))
+    return _finish(fig, save_to)

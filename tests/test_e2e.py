@@ -120,3 +120,17 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     assert m04["inputs"]["stage1_model"]["path"] == str(run / "03_stage1_dora" / "merged")
     for nb in ("03_stage1_dora", "04_stage2_qlora"):
         assert (run / nb / "loss.png").stat().st_size > 5000
+
+    # 05_evaluate: four models x four benchmarks (MMedBench in six languages) x protocols, with intervals
+    res = json.loads((run / "05_evaluate" / "results.json").read_text())
+    overall = [r for r in res["summary"] if r["lang"] == "all"]
+    assert {r["model"] for r in overall} == {"base", "stage1", "stage2", "single_stage"}
+    assert {r["benchmark"] for r in overall} == {"medqa", "medmcqa", "pubmedqa", "mmedbench"}
+    assert {r["protocol"] for r in overall} == {"loglik", "loglik_norm", "generate"}
+    langs = {r["lang"] for r in res["summary"] if r["benchmark"] == "mmedbench"}
+    assert langs == {"en", "zh", "ja", "fr", "ru", "es", "all"}
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in res["summary"])
+    assert json.loads((run / "05_evaluate" / "manifest.json").read_text())["outputs"]["skipped"] == []
+    assert (run / "05_evaluate" / "single_stage" / "adapter" / "adapter_config.json").is_file()
+    for png in ("mmedbench_by_language.png", "two_vs_single.png"):
+        assert (run / "05_evaluate" / png).stat().st_size > 5000

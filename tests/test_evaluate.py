@@ -1,0 +1,311 @@
+"""Evaluation: loaders for the four public formats (with counted, located skips), the two protocols, the
+confidence intervals, and agreement with lm-evaluation-harness."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mmed_helpers.evaluate import (
+    ALL_LETTERS,
+    EvalError,
+    EvalItem,
+    encode_pair,
+    evaluate_model,
+    extract_answers,
+    load_benchmark,
+    loglik_scores,
+    model_sources,
+    summarize,
+    summarize_overall,
+    wilson_interval,
+)
+
+LANGS = ["en", "zh", "ja", "fr", "ru", "es"]
+
+
+# --------------------------------------------------------------------------- bundled sets
+
+
+@pytest.mark.parametrize("bench", ["medqa", "medmcqa", "pubmedqa"])
+def test_bundled_english_sets_load_cleanly(bench):
+    res = load_benchmark(bench, "bundled")
+    assert len(res.items) >= 20 and res.skipped == []
+    assert {it.lang for it in res.items} == {"en"}
+    assert len({it.id for it in res.items}) == len(res.items)
+
+
+def test_bundled_mmedbench_has_six_languages_and_multi_answer_items():
+    res = load_benchmark("mmedbench", "bundled", languages=LANGS)
+    assert res.skipped == []
+    per_lang = {lang: [it for it in res.items if it.lang == lang] for lang in LANGS}
+    assert all(len(v) >= 20 for v in per_lang.values())
+    assert {len(it.options) for it in per_lang["zh"]} == {5}
+    assert sum(it.multi for it in per_lang["ja"]) >= 3 and sum(it.multi for it in per_lang["fr"]) >= 3
+    assert not any(it.multi for lang in ("en", "ru", "es") for it in per_lang[lang])
+
+
+def test_eval_items_are_not_training_seeds():
+    from mmed_helpers.datagen import load_seeds
+
+    seeds = {s.question.strip().casefold() for s in load_seeds("mc", LANGS) + load_seeds("ift", LANGS)}
+    for bench in ("medqa", "medmcqa", "pubmedqa", "mmedbench"):
+        for it in load_benchmark(bench, "bundled", languages=LANGS).items:
+            assert it.question.strip().casefold() not in seeds, it.id
+
+
+# --------------------------------------------------------------------------- loaders on hub-format files
+
+
+def _jsonl(path, records):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+    return path
+
+
+def test_bad_records_are_skipped_and_located(tmp_path):
+    good = {"question": "Q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": "B", "answer": "b"}
+    f = _jsonl(
+        tmp_path / "test.jsonl",
+        [
+            good,
+            {**good, "answer_idx": "F"},
+            {k: v for k, v in good.items() if k != "question"},
+            "{broken json",
+            {**good, "options": {"A": "a", "B": "b", "C": "c"}},
+            {**good, "question": "Q2?"},
+        ],
+    )
+    res = load_benchmark("medqa", f)
+    assert [it.question for it in res.items] == ["Q?", "Q2?"]
+    assert [w for w, _ in res.skipped] == ["test.jsonl:2", "test.jsonl:3", "test.jsonl:4", "test.jsonl:5"]
+    reasons = dict(res.skipped)
+    assert "answer_idx 'F'" in reasons["test.jsonl:2"] and "'question'" in reasons["test.jsonl:3"]
+    assert "not valid JSON" in reasons["test.jsonl:4"] and "need 4 options" in reasons["test.jsonl:5"]
+
+
+def test_medmcqa_pubmedqa_mmedbench_formats(tmp_path):
+    mc = _jsonl(
+        tmp_path / "validation.jsonl",
+        [
+            {"id": "x1", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 2},
+            {"id": "x2", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4},
+        ],
+    )
+    res = load_benchmark("medmcqa", mc)
+    assert [(it.id, it.answers) for it in res.items] == [("x1", ["C"])] and "cop must be" in res.skipped[0][1]
+
+    pq = _jsonl(
+        tmp_path / "pq.jsonl",
+        [
+            {
+                "pubid": 1,
+                "question": "Does X help?",
+                "context": {"contexts": ["Bg.", "Res."], "labels": ["B", "R"]},
+                "final_decision": "maybe",
+            },
+            {"pubid": 2, "question": "Does Y help?", "context": {"contexts": ["Bg."]}, "final_decision": "perhaps"},
+        ],
+    )
+    res = load_benchmark("pubmedqa", pq)
+    item = res.items[0]
+    assert (item.options, item.answers, item.context) == (["yes", "no", "maybe"], ["C"], "Bg. Res.")
+    assert "final_decision" in res.skipped[0][1]
+
+    d = tmp_path / "mmed"
+    d.mkdir()
+    _jsonl(
+        d / "Japanese.jsonl",
+        [
+            {
+                "question": "2つ選べ。",
+                "options": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"},
+                "answer_idx": "A,C",
+            },
+            {"question": "1つ", "options": {"A": "a", "B": "b"}, "answer_idx": "A,A"},
+        ],
+    )
+    res = load_benchmark("mmedbench", d, languages=["ja", "ru"])
+    assert res.items[0].answers == ["A", "C"] and res.items[0].lang == "ja" and res.items[0].multi
+    assert [w for w, _ in res.skipped] == ["Japanese.jsonl:2", f"{d}/Russian.jsonl"]
+
+
+def test_parquet_and_json_list_files(tmp_path):
+    import pandas as pd
+
+    records = [
+        {"question": f"Q{i}?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": "D"} for i in range(3)
+    ]
+    pd.DataFrame(records).to_parquet(tmp_path / "test.parquet")
+    assert len(load_benchmark("medqa", tmp_path / "test.parquet").items) == 3
+    (tmp_path / "list.json").write_text(json.dumps(records))
+    assert len(load_benchmark("medqa", tmp_path / "list.json").items) == 3
+
+
+def test_hub_source_offline_and_missing_sources_are_clear(tmp_path):
+    with pytest.raises(EvalError, match="needs network access; this run is offline"):
+        load_benchmark("medqa", "hub", offline=True)
+    with pytest.raises(EvalError, match="not found"):
+        load_benchmark("medqa", tmp_path / "nope.jsonl")
+    with pytest.raises(EvalError, match="unknown benchmark"):
+        load_benchmark("usmle2", "bundled")
+
+
+# --------------------------------------------------------------------------- answer extraction and statistics
+
+
+@pytest.mark.parametrize(
+    "reply, n, expected",
+    [
+        ("Answer: B. Right coronary artery", 4, ["B"]),
+        ("answer is (c)", 4, []),
+        ("The answer: C", 4, ["C"]),
+        ("答案：C", 5, ["C"]),
+        ("答え：A、D", 5, ["A", "D"]),
+        ("Réponse : A et C", 5, ["A", "C"]),
+        ("Respuesta: D", 4, ["D"]),
+        ("Ответ: В", 4, ["B"]),  # Cyrillic Ve
+        ("(D) because it is", 4, ["D"]),
+        ("B. Left anterior", 4, ["B"]),
+        ("Ｃ", 4, ["C"]),
+        ("Answer: E", 4, []),  # not an option
+        ("I am not sure.", 4, []),
+        ("Because the ECG shows", 4, []),
+    ],
+)
+def test_extract_answers(reply, n, expected):
+    assert extract_answers(reply, n) == expected
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(10, 20)
+    assert lo == pytest.approx(0.2993, abs=1e-3) and hi == pytest.approx(0.7007, abs=1e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- log-likelihood protocol
+
+
+ITEMS = [
+    EvalItem("q1", "medqa", "en", "Which artery supplies the inferior wall?", ["RCA", "LAD", "LCx", "LM"], ["A"]),
+    EvalItem(
+        "q2",
+        "pubmedqa",
+        "en",
+        "Does aspirin reduce events?",
+        ["yes", "no", "maybe"],
+        ["A"],
+        context="A randomised trial of 2000 adults.",
+    ),
+    EvalItem("q3", "mmedbench", "zh", "哪项正确？", ["甲", "乙", "丙", "丁", "戊"], ["E"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval(), AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def test_encode_pair_matches_the_harness_rule(tiny_lm):
+    _, tok = tiny_lm
+    ctx, cont = encode_pair(tok, "Question: X?\nAnswer: ", "B")
+    assert tok.decode(cont) == " B" and ctx[0] == tok.bos_token_id
+    assert ctx + cont == tok.encode("Question: X?\nAnswer: B")
+
+
+def test_fast_path_equals_full_forward_per_choice(tiny_lm):
+    model, tok = tiny_lm
+    scores = loglik_scores(model, tok, ITEMS, batch_size=2, progress=False)
+    for s in scores:
+        for j, letter in enumerate(s.item.letters):
+            ctx, cont = encode_pair(tok, s.item.loglik_context(), f" {letter}")
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            expected = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
+            assert s.logliks[j] == pytest.approx(expected, abs=1e-4)
+        assert s.pred == ALL_LETTERS[max(range(len(s.logliks)), key=s.logliks.__getitem__)]
+        assert s.pred_norm == s.pred  # single-letter choices: acc_norm == acc
+
+
+def test_batching_does_not_change_scores(tiny_lm):
+    model, tok = tiny_lm
+    a = loglik_scores(model, tok, ITEMS, batch_size=1, progress=False)
+    b = loglik_scores(model, tok, ITEMS, batch_size=8, progress=False)
+    for x, y in zip(a, b, strict=True):
+        assert x.logliks == pytest.approx(y.logliks, abs=1e-4)
+
+
+def test_evaluate_model_both_protocols_and_summary(tiny_lm):
+    model, tok = tiny_lm
+    multi = EvalItem("m1", "mmedbench", "ja", "2つ選べ。", ["a", "b", "c", "d", "e"], ["A", "C"])
+    results = evaluate_model("tiny", model, tok, ITEMS + [multi], batch_size=2, max_new_tokens=4, progress=False)
+    protos = {(r.item_id, r.protocol) for r in results}
+    assert ("m1", "generate") in protos and ("m1", "loglik") not in protos  # multi-answer: generation only
+    assert len([r for r in results if r.protocol == "loglik"]) == 3
+    rows = summarize(results)
+    for row in rows:
+        assert 0 <= row["ci_low"] <= row["accuracy"] <= row["ci_high"] <= 1
+        assert row["correct"] == sum(
+            r.correct
+            for r in results
+            if (r.model, r.benchmark, r.lang, r.protocol)
+            == (row["model"], row["benchmark"], row["lang"], row["protocol"])
+        )
+    overall = {(r["benchmark"], r["protocol"]): r["n"] for r in summarize_overall(results)}
+    assert overall[("mmedbench", "generate")] == 2
+
+
+def test_model_sources_name_the_missing_notebook(tmp_path):
+    from mmed_helpers.base_model import prepare_base_model
+    from mmed_helpers.config import load_profile
+
+    prepare_base_model(load_profile("smoke"), tmp_path)
+    assert model_sources(tmp_path, ["base"])["base"][1] is None
+    with pytest.raises(EvalError, match="run notebook 04_stage2_qlora first"):
+        model_sources(tmp_path, ["stage2"])
+
+
+# --------------------------------------------------------------------------- lm-evaluation-harness agreement
+
+
+def test_loglik_agrees_with_lm_evaluation_harness(tiny_dir, tiny_lm, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    model, tok = tiny_lm
+    items = load_benchmark("medqa", "bundled").items[:6] + load_benchmark("mmedbench", "bundled", ["ru"]).items[:4]
+    data = tmp_path / "items.jsonl"
+    _jsonl(
+        data,
+        [
+            {"prompt": it.loglik_context(), "choices": list(it.letters), "target": it.letters.index(it.answers[0])}
+            for it in items
+        ],
+    )
+    (tmp_path / "task.yaml").write_text(
+        "task: mmed_course_check\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{prompt}}'\ndoc_to_choice: choices\ndoc_to_target: target\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={tiny_dir},dtype=float32",
+        tasks=["mmed_course_check"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        batch_size=1,
+        log_samples=True,
+        device="cpu",
+    )
+    samples = sorted(out["samples"]["mmed_course_check"], key=lambda s: s["doc_id"])
+    ours = loglik_scores(model, tok, items, batch_size=4, progress=False)
+    for s, mine in zip(samples, ours, strict=True):
+        theirs = [float(r[0]) for r in s["filtered_resps"]]
+        assert mine.logliks == pytest.approx(theirs, abs=1e-4)
+    acc = sum(m.pred == m.item.answers[0] for m in ours) / len(ours)
+    assert math.isclose(out["results"]["mmed_course_check"]["acc,none"], acc)
