@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("out_dir")
     tiny.add_argument("--profile", default="smoke")
 
+    book = sub.add_parser("book", help="build the Jupyter Book from a run's executed notebooks")
+    book.add_argument("--run-dir", default="runs/smoke")
+    book.add_argument("--output", help="where _build/ goes (default: book/)")
+
     serve = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible chat endpoint")
     serve.add_argument("model_dir")
     serve.add_argument("--name", help="model name clients must send (default: the directory's name)")
@@ -91,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
             from .tiny import build_tiny_model
 
             print(build_tiny_model(args.out_dir, load_profile(args.profile).tiny))
+            return 0
+        if args.command == "book":
+            from .book import BookError, build_book
+
+            try:
+                html = build_book(args.run_dir, output_dir=args.output)
+            except BookError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"book: {html / 'index.html'}")
             return 0
         if args.command == "serve":
             import os

@@ -51,3 +51,23 @@ def tiny_copy(tiny_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_course(tmp_path_factory):
+    """The whole course on the smoke profile, run once per session through the console command, as a user
+    would run it. Returns ``(run_dir, completed_process)``; tests that change the run work on a copy."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("course") / "run"
+    cli = Path(sys.executable).with_name("mmed-course")
+    proc = subprocess.run(
+        [str(cli), "run", "--profile", "smoke", "--run-dir", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return run, proc

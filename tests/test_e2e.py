@@ -15,17 +15,9 @@ from mmed_helpers.runner import discover_notebooks
 
 
 @pytest.mark.e2e
-def test_smoke_course_runs_end_to_end(tmp_path):
-    run = tmp_path / "run"
+def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
+    run, proc = smoke_course
     cli = Path(sys.executable).with_name("mmed-course")
-    proc = subprocess.run(
-        [str(cli), "run", "--profile", "smoke", "--run-dir", str(run), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     notebooks = discover_notebooks(ROOT / "notebooks")
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["ok"] and [r["name"] for r in summary["results"]] == [p.stem for p in notebooks]
@@ -80,6 +72,12 @@ def test_smoke_course_runs_end_to_end(tmp_path):
         assert (ccts_dir / png).stat().st_size > 5000
 
     # changing the threshold in the notebook's parameters changes the kept set (no retranslation) and the manifest
+    import shutil
+
+    first_run_dir = run
+    run = tmp_path / "rerun"  # on a copy: the shared course run stays as the course left it
+    shutil.copytree(first_run_dir, run)
+    ccts_dir = run / "02_translate_ccts"
     proc = subprocess.run(
         [
             str(cli),
@@ -107,6 +105,7 @@ def test_smoke_course_runs_end_to_end(tmp_path):
     assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) == {"translated"}
 
     # 03_stage1_dora / 04_stage2_qlora: DoRA adapter, exact merge, 4-bit QLoRA adapter on the merged model
+    run = first_run_dir
     m03 = json.loads((run / "03_stage1_dora" / "manifest.json").read_text())
     assert m03["outputs"]["train"]["global_step"] == 20 and m03["outputs"]["train"]["backend"] == "unsloth"
     assert m03["outputs"]["merge_check"]["max_abs_diff"] < 1e-4
