@@ -115,6 +115,9 @@ class CCTSConfig:
     bertscore_num_layers: int = 6
     max_source_samples: int = 0
     """Per dataset (MMed-IFT, MMed-IFT-MC): how many source-language samples to translate; 0 = all."""
+    check_target_language: bool = True
+    """Also require the forward translation to be in the target language (language identifier); CCTS alone
+    keeps an untranslated copy, whose round trip is perfect. Not part of the paper's filter."""
     batch_size: int = 16
     """Texts per translation batch (local models) and pairs per BERTScore batch."""
 

@@ -11,7 +11,9 @@ Each sample's fields (question, answer; or question, every option, rationale) ar
 the structure survives. The cycle is resumable exactly like generation: forward and backward translations are
 appended to ``raw/forward.jsonl`` and ``raw/backward.jsonl`` under stable ids
 (``<sample id>|<target>|<field>``), and a rerun translates nothing twice. CCTS is then computed on the joined
-fields of the source and of the back-translation, and samples with CCTS >= the threshold are kept::
+fields of the source and of the back-translation, and samples with CCTS >= the threshold are kept, provided
+the forward translation is in the target language (``ccts.check_target_language``: an untranslated copy would
+otherwise pass with a perfect round trip)::
 
     >>> result = run_expansion(cfg, out_dir, make_translator(cfg, base_model_path), CCTSScorer.from_config(cfg.ccts),
     ...                        {"ift": ift_items, "mc": mc_items})
@@ -32,6 +34,7 @@ from .ccts import CCTSScore, CCTSScorer
 from .config import Profile
 from .jobs import Job, JsonlStore, run_jobs
 from .llm import Backend, Completion, GenerationParams, make_backend
+from .quality import is_language
 from .schema import LETTERS, IFTSample, MCItem
 from .tiny import NLLB_CODES
 
@@ -224,7 +227,7 @@ class PairResult:
     score: CCTSScore | None
     kept: bool
     reason: str
-    """``kept``, ``below_threshold`` or ``translation_failed``."""
+    """``kept``, ``below_threshold``, ``wrong_target_language`` or ``translation_failed``."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -360,8 +363,12 @@ def run_expansion(
     )
     for pr, sc in zip(to_score, scores, strict=True):
         pr.score = sc
-        pr.kept = sc.ccts >= cc.threshold
-        pr.reason = "kept" if pr.kept else "below_threshold"
+        if cc.check_target_language and not is_language("\n".join(pr.translated.values()), pr.target_lang):
+            # an untranslated copy makes a perfect round trip: CCTS alone would keep it
+            pr.reason = "wrong_target_language"
+        else:
+            pr.reason = "kept" if sc.ccts >= cc.threshold else "below_threshold"
+        pr.kept = pr.reason == "kept"
 
     result = ExpansionResult(out, pairs, translated_now=translated_now, recovered_lines=recovered)
     with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:

@@ -91,6 +91,8 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
             "--no-progress",
             "--set",
             "ccts.threshold=0.0",
+            "--set",
+            "ccts.check_target_language=false",
         ],
         capture_output=True,
         text=True,

@@ -140,7 +140,10 @@ def _items():
 
 
 def test_cycle_scores_filters_and_resumes(tmp_path):
-    cfg = load_profile("smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 2})
+    # the tagging translator leaves the text in English, so the target-language check is off here (tested below)
+    cfg = load_profile(
+        "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 2, "ccts.check_target_language": False}
+    )
     scorer = CCTSScorer(batch_size=8)
     tr = TaggingTranslator(lossy={"ja"})
     result = run_expansion(cfg, tmp_path, tr, scorer, _items(), progress=False)
@@ -159,7 +162,13 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
 
     # a lower threshold keeps the lossy pairs too, without translating again
     lower = load_profile(
-        "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 2, "ccts.threshold": 0.3}
+        "smoke",
+        {
+            "languages": ["en", "fr", "ja"],
+            "ccts.max_source_samples": 2,
+            "ccts.threshold": 0.3,
+            "ccts.check_target_language": False,
+        },
     )
     again = run_expansion(lower, tmp_path, TaggingTranslator(lossy={"ja"}), scorer, _items(), progress=False)
     assert again.translated_now == 0
@@ -167,8 +176,42 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     assert len(load_items(tmp_path / "mmed_ift_translated", "ift")) == 4
 
 
+def test_untranslated_copies_are_caught_by_the_target_language_check(tmp_path):
+    """A translator that returns its input makes a perfect round trip (CCTS 1.0); only the language check
+    stops it. A real French translation passes."""
+
+    class Copier(TaggingTranslator):
+        def translate(self, texts, src, tgt):
+            self.calls += len(texts)
+            return [Completion(FRENCH.get(t, t) if tgt == "fr" else (ENGLISH.get(t, t))) for t in texts]
+
+    cfg = load_profile("smoke", {"languages": ["en", "fr", "es"], "ccts.max_source_samples": 1})
+    item = IFTSample(
+        "s0",
+        "en",
+        "What is the first-line treatment of anaphylaxis?",
+        "Intramuscular adrenaline is the first-line treatment of anaphylaxis.",
+    )
+    result = run_expansion(cfg, tmp_path, Copier(), CCTSScorer(), {"ift": [item]}, progress=False)
+    rows = {r["id"]: r for r in result.rows()}
+    assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-6)  # copied, so the round trip is perfect
+    assert rows["s0|es"]["reason"] == "wrong_target_language" and not rows["s0|es"]["kept"]
+    assert rows["s0|fr"]["reason"] == "kept" and rows["s0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6)
+
+
+Q_EN = "What is the first-line treatment of anaphylaxis?"
+A_EN = "Intramuscular adrenaline is the first-line treatment of anaphylaxis."
+FRENCH = {
+    Q_EN: "Quel est le traitement de première intention de l'anaphylaxie ?",
+    A_EN: "L'adrénaline intramusculaire est le traitement de première intention de l'anaphylaxie.",
+}
+ENGLISH = {v: k for k, v in FRENCH.items()}
+
+
 def test_failed_translations_are_counted_and_retried(tmp_path):
-    cfg = load_profile("smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 1})
+    cfg = load_profile(
+        "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 1, "ccts.check_target_language": False}
+    )
     result = run_expansion(cfg, tmp_path, TaggingTranslator(failing={"ja"}), CCTSScorer(), _items(), progress=False)
     reasons = {r["id"]: r["reason"] for r in result.rows()}
     assert reasons == {"i0|fr": "kept", "i0|ja": "translation_failed", "m0|fr": "kept", "m0|ja": "translation_failed"}
