@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from .artifacts import atomic_directory
 from .config import DataGenConfig, Profile
 from .corpus import Passage, load_corpus
 from .jobs import Job, JsonlStore, run_jobs
@@ -480,17 +481,9 @@ def to_dataset(items: Sequence[IFTSample | MCItem], kind: str):
 
 def save_dataset(dataset, path: str | Path) -> Path:
     """``save_to_disk`` into a temporary sibling, then swap it in: a crash never leaves half a dataset."""
-    import shutil
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)  # an empty set still gets a file
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
+    with atomic_directory(path) as tmp:
+        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)  # an empty set still gets a file
+    return Path(path)
 
 
 @dataclass

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from .artifacts import atomic_directory
 from .config import TinyModelConfig
 from .corpus import load_corpus
 
@@ -147,18 +146,15 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
         pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    return _save(out, model, tokenizer, want)
+
+
+def _save(out: Path, model, tokenizer, recipe_record: dict) -> Path:
+    """Save model, tokenizer and the recipe marker (written last) atomically into ``out``."""
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER_FILE).write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        (tmp / MARKER_FILE).write_text(json.dumps(recipe_record, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -228,16 +224,4 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
         pad_token_id=tokenizer.pad_token_id,
         decoder_start_token_id=tokenizer.eos_token_id,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER_FILE).write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return _save(out, model, tokenizer, want)

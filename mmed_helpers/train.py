@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_text, write_manifest
+from .artifacts import atomic_directory, atomic_write_text, write_manifest
 from .config import ModelConfig, StageConfig
 
 _ANNOUNCED = False
@@ -346,14 +345,9 @@ def train_stage(
     wall = time.perf_counter() - t0
 
     adapter = out / "adapter"
-    tmp = out / ".adapter.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    if adapter.exists():
-        shutil.rmtree(adapter)
-    tmp.rename(adapter)
+    with atomic_directory(adapter) as tmp:
+        trainer.model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
 
     history = trainer.state.log_history
     losses = [(h["step"], float(h["loss"])) for h in history if "loss" in h]
@@ -434,14 +428,9 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
     torch_dtype = resolve_dtype(dtype)
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch_dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
     return out
 
 

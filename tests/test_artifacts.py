@@ -54,3 +54,22 @@ def test_notebook_start_sets_up_run(tmp_path, monkeypatch):
     m = json.loads(step.write_manifest(outputs={"rows": 3}).read_text())
     assert m["parameters"]["overrides"] == {"seed": 5}
     assert m["parameters"]["profile"]["stage1"]["r"] == 32 and m["outputs"] == {"rows": 3}
+
+
+def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from mmed_helpers.artifacts import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+        raise RuntimeError("killed half-way")
+    assert (target / "a.txt").read_text() == "one"  # the old directory survives a failed rewrite
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left behind
