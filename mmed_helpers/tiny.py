@@ -108,8 +108,7 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
     rebuilt when ``overwrite`` is true and refused otherwise. The directory appears atomically (built in a
     sibling temporary folder, then renamed), so an interrupted build never leaves a half-written model behind.
     """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
@@ -137,16 +136,26 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
         tie_word_embeddings=False,
         dtype="float32",
     )
+    model = _seeded_model(LlamaForCausalLM, model_cfg, tokenizer, cfg.seed, do_sample=False)
+    return _save(out, model, tokenizer, want)
+
+
+def _seeded_model(model_cls, model_cfg, tokenizer, seed: int, **generation):
+    """``model_cls(model_cfg)`` in float32 with weights drawn from ``seed`` (the global RNG is left untouched),
+    and a generation config carrying the tokenizer's special ids."""
+    import torch
+    from transformers import GenerationConfig
+
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM(model_cfg).to(torch.float32)
+        torch.manual_seed(seed)
+        model = model_cls(model_cfg).to(torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
+        **generation,
     )
-    return _save(out, model, tokenizer, want)
+    return model
 
 
 def _save(out: Path, model, tokenizer, recipe_record: dict) -> Path:
@@ -185,8 +194,7 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
     """A tiny NLLB-style translation model (M2M-100 architecture, random weights) with the course tokenizer
     plus NLLB language-code tokens, built offline. It exercises the seq2seq translator path; its output is
     noise. Same configuration and seed give the same bytes."""
-    import torch
-    from transformers import GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
@@ -215,13 +223,7 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
         decoder_start_token_id=tokenizer.eos_token_id,
         scale_embedding=True,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = M2M100ForConditionalGeneration(model_cfg).to(torch.float32)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
+    model = _seeded_model(
+        M2M100ForConditionalGeneration, model_cfg, tokenizer, cfg.seed, decoder_start_token_id=tokenizer.eos_token_id
     )
     return _save(out, model, tokenizer, want)
