@@ -87,7 +87,15 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
     if stage.method == "qlora" and not stage.load_in_4bit:
         raise TrainingError("method qlora needs load_in_4bit: true")
     dtype = resolve_dtype(model_cfg.dtype)
-    use_dora = stage.method == "dora"
+    # the adapter recipe, identical for both backends
+    adapter = dict(
+        r=stage.r,
+        lora_alpha=stage.lora_alpha,
+        lora_dropout=stage.lora_dropout,
+        target_modules=list(stage.target_modules),
+        use_dora=stage.method == "dora",
+        bias="none",
+    )
     if unsloth_enabled():
         from unsloth import FastLanguageModel
 
@@ -96,12 +104,7 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
         )
         model = FastLanguageModel.get_peft_model(
             model,
-            r=stage.r,
-            lora_alpha=stage.lora_alpha,
-            lora_dropout=stage.lora_dropout,
-            target_modules=list(stage.target_modules),
-            use_dora=use_dora,
-            bias="none",
+            **adapter,
             use_gradient_checkpointing="unsloth" if stage.gradient_checkpointing else False,
             random_state=seed,
         )
@@ -119,9 +122,7 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
-    elif torch.cuda.is_available():
+    if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if stage.load_in_4bit:
@@ -129,16 +130,7 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    lora = LoraConfig(
-        r=stage.r,
-        lora_alpha=stage.lora_alpha,
-        lora_dropout=stage.lora_dropout,
-        target_modules=list(stage.target_modules),
-        use_dora=use_dora,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora), tok, "peft"
+    return get_peft_model(model, LoraConfig(**adapter, task_type="CAUSAL_LM")), tok, "peft"
 
 
 # --------------------------------------------------------------------------- data
