@@ -113,13 +113,8 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
     want = recipe(cfg)
-    if out.exists():
-        if is_tiny_model_dir(out) and json.loads((out / MARKER_FILE).read_text()) == want:
-            return out
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} exists but is not a tiny model built from this configuration; delete it or pass overwrite=True"
-            )
+    if _reusable(out, want, overwrite, "tiny model"):
+        return out
     tokenizer = train_tokenizer(cfg)
     model_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -138,6 +133,20 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
     )
     model = _seeded_model(LlamaForCausalLM, model_cfg, tokenizer, cfg.seed, do_sample=False)
     return _save(out, model, tokenizer, want)
+
+
+def _reusable(out: Path, want: dict, overwrite: bool, what: str) -> bool:
+    """True if ``out`` is a finished build of recipe ``want``; refuse any other existing folder unless
+    ``overwrite`` (the caller then rebuilds it)."""
+    if not out.exists():
+        return False
+    if is_tiny_model_dir(out) and json.loads((out / MARKER_FILE).read_text()) == want:
+        return True
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} exists but is not a {what} built from this configuration; delete it or pass overwrite=True"
+        )
+    return False
 
 
 def _seeded_model(model_cls, model_cfg, tokenizer, seed: int, **generation):
@@ -199,11 +208,8 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
     want = {**recipe(cfg), "kind": "seq2seq-nllb"}
-    if out.exists():
-        if (out / MARKER_FILE).is_file() and json.loads((out / MARKER_FILE).read_text()) == want:
-            return out
-        if not overwrite:
-            raise FileExistsError(f"{out} exists but is not a tiny seq2seq model built from this configuration")
+    if _reusable(out, want, overwrite, "tiny seq2seq model"):
+        return out
     tokenizer = train_tokenizer(cfg)
     tokenizer.add_special_tokens({"additional_special_tokens": list(NLLB_CODES.values())})
     tokenizer.eos_token = EOS_TEXT
