@@ -128,10 +128,10 @@ def describe_model(path: str | Path) -> dict[str, object]:
     'LlamaForCausalLM'
     """
     p = check_model_dir(Path(path))
-    cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the LM under text_config
+    top = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    cfg = top.get("text_config", top)  # multimodal wrappers keep the LM under text_config
     return {
-        "architecture": (json.loads((p / "config.json").read_text()).get("architectures") or ["?"])[0],
+        "architecture": (top.get("architectures") or ["?"])[0],
         "parameters": count_parameters(p),
         "layers": cfg.get("num_hidden_layers"),
         "hidden_size": cfg.get("hidden_size"),
