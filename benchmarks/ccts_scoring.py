@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def make_pairs(n: int) -> list[tuple[str, str, str]]:
-    from mmed_helpers.corpus import load_corpus
+    from mmed_helpers.core.corpus import load_corpus
 
     pairs = []
     for p in load_corpus():
@@ -40,7 +40,7 @@ def main() -> None:
     import bert_score
     import torch
 
-    from mmed_helpers.ccts import CCTSScorer, resolve_encoder, sentence_bleu
+    from mmed_helpers.steps.ccts import CCTSScorer, resolve_encoder, sentence_bleu
 
     pairs = make_pairs(args.pairs)
     langs, sources, backs = zip(*pairs, strict=True)

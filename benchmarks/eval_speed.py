@@ -31,9 +31,9 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mmed_helpers.config import TinyModelConfig
-    from mmed_helpers.evaluate import load_benchmark, loglik_scores
-    from mmed_helpers.tiny import build_tiny_model
+    from mmed_helpers.core.config import TinyModelConfig
+    from mmed_helpers.core.tiny import build_tiny_model
+    from mmed_helpers.steps.evaluate import load_benchmark, loglik_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

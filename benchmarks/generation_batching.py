@@ -27,11 +27,11 @@ def main() -> None:
 
     import torch
 
-    from mmed_helpers.config import TinyModelConfig
-    from mmed_helpers.corpus import load_corpus
-    from mmed_helpers.datagen import load_prompt
-    from mmed_helpers.llm import GenerationParams, LocalBackend
-    from mmed_helpers.tiny import build_tiny_model
+    from mmed_helpers.core.config import TinyModelConfig
+    from mmed_helpers.core.corpus import load_corpus
+    from mmed_helpers.core.llm import GenerationParams, LocalBackend
+    from mmed_helpers.core.tiny import build_tiny_model
+    from mmed_helpers.steps.generate import load_prompt
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(build_tiny_model(os.path.join(tmp, "tiny"), TinyModelConfig()))

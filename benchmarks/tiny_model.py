@@ -40,9 +40,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mmed_helpers.config import TinyModelConfig
-    from mmed_helpers.corpus import load_corpus
-    from mmed_helpers.tiny import build_tiny_model
+    from mmed_helpers.core.config import TinyModelConfig
+    from mmed_helpers.core.corpus import load_corpus
+    from mmed_helpers.core.tiny import build_tiny_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,8 +50,8 @@ SHAPES = {
 WORKER = """
 import json, sys
 from pathlib import Path
-from mmed_helpers.config import load_profile
-from mmed_helpers.train import train_stage
+from mmed_helpers.core.config import load_profile
+from mmed_helpers.steps.train import train_stage
 model, data, out, stage, seq, batch, steps, warmup = sys.argv[1:9]
 seq, batch, steps, warmup = int(seq), int(batch), int(steps), int(warmup)
 over = {f"{stage}.max_steps": steps, f"{stage}.per_device_train_batch_size": batch,
@@ -69,8 +69,8 @@ def build_model(shape: str, out: Path, dtype: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mmed_helpers.config import TinyModelConfig
-    from mmed_helpers.tiny import build_tiny_model
+    from mmed_helpers.core.config import TinyModelConfig
+    from mmed_helpers.core.tiny import build_tiny_model
 
     tiny = build_tiny_model(out / "tokenizer-source", TinyModelConfig())
     cfg = LlamaConfig(
@@ -95,9 +95,8 @@ def build_model(shape: str, out: Path, dtype: str) -> Path:
 
 def build_data(out: Path, seq: int, n: int) -> Path:
     """Chat records long enough that every example is truncated to exactly ``seq`` tokens."""
-    from mmed_helpers.corpus import load_corpus
-    from mmed_helpers.datagen import save_dataset, to_dataset
-    from mmed_helpers.schema import IFTSample
+    from mmed_helpers.core.corpus import load_corpus
+    from mmed_helpers.core.records import IFTSample, save_dataset, to_dataset
 
     text = " ".join(p.text for p in load_corpus(["en"]))
     words = text.split()

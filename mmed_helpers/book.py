@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .notebook import project_root
+from .core.layout import RunLayout, project_root
 
 
 class BookError(RuntimeError):
@@ -42,7 +42,7 @@ def build_book(
 ) -> Path:
     """Copy the run's executed notebooks into the book and build HTML; returns the ``html`` folder."""
     book = Path(book_dir) if book_dir else project_root() / "book"
-    run_nb = Path(run_dir) / "notebooks"
+    run_nb = RunLayout(run_dir).executed_notebooks
     if not (book / "_toc.yml").is_file():
         raise BookError(f"no book sources in {book} (expected _config.yml and _toc.yml)")
     wanted = toc_notebooks(book)

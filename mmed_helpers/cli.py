@@ -15,14 +15,15 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, available_profiles, load_profile, parse_override
+from .core.config import ConfigError, available_profiles, load_profile, parse_override
 
 
 def _overrides(pairs: list[str] | None) -> dict:
     return dict(parse_override(p) for p in (pairs or []))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmed-course`` command line: one subcommand per handler in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="mmed-course", description="Run the mmed-course notebooks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -56,78 +57,104 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8001)
     serve.add_argument("--api-key-env", help="require the key held in this environment variable")
     serve.add_argument("--batch-size", type=int, default=1)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import RunnerError, run_course
+
     try:
-        if args.command == "run":
-            from .runner import RunnerError, run_course
+        report = run_course(
+            args.profile,
+            args.run_dir,
+            notebooks_dir=args.notebooks_dir,
+            only=args.only,
+            start_from=args.start_from,
+            overrides=_overrides(args.set),
+            kernel_name=args.kernel,
+            progress_bar=not args.no_progress,
+        )
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
 
-            try:
-                report = run_course(
-                    args.profile,
-                    args.run_dir,
-                    notebooks_dir=args.notebooks_dir,
-                    only=args.only,
-                    start_from=args.start_from,
-                    overrides=_overrides(args.set),
-                    kernel_name=args.kernel,
-                    progress_bar=not args.no_progress,
-                )
-            except RunnerError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            return 0 if report.ok else 1
-        if args.command == "profiles":
-            for name in available_profiles():
-                p = load_profile(name)
-                print(f"{name:8s} {p.description}\n{'':8s} hardware: {p.hardware}; time: {p.expected_time}")
-            return 0
-        if args.command == "show":
-            print(json.dumps(load_profile(args.profile, _overrides(args.set)).to_dict(), indent=2))
-            return 0
-        if args.command == "env":
-            from .env import environment_report, report_rows
 
-            for key, value in report_rows(environment_report()):
-                print(f"{key:28s} {value}")
-            return 0
-        if args.command == "build-tiny":
-            from .tiny import build_tiny_model
+def _profiles(args: argparse.Namespace) -> int:
+    for name in available_profiles():
+        p = load_profile(name)
+        print(f"{name:8s} {p.description}\n{'':8s} hardware: {p.hardware}; time: {p.expected_time}")
+    return 0
 
-            print(build_tiny_model(args.out_dir, load_profile(args.profile).tiny))
-            return 0
-        if args.command == "book":
-            from .book import BookError, build_book
 
-            try:
-                html = build_book(args.run_dir, output_dir=args.output)
-            except BookError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            print(f"book: {html / 'index.html'}")
-            return 0
-        if args.command == "serve":
-            import os
-            from pathlib import Path
+def _show(args: argparse.Namespace) -> int:
+    print(json.dumps(load_profile(args.profile, _overrides(args.set)).to_dict(), indent=2))
+    return 0
 
-            from .llm import LocalBackend
-            from .serve import ChatServer
 
-            name = args.name or Path(args.model_dir).resolve().name
-            key = os.environ.get(args.api_key_env) if args.api_key_env else None
-            server = ChatServer(
-                LocalBackend(args.model_dir, batch_size=args.batch_size), name, args.host, args.port, key
-            )
-            print(f"serving {args.model_dir} as {name!r} on {server.base_url} (Ctrl-C stops)", flush=True)
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            return 0
+def _env(args: argparse.Namespace) -> int:
+    from .steps.setup import environment_report, report_rows
+
+    for key, value in report_rows(environment_report()):
+        print(f"{key:28s} {value}")
+    return 0
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    from .core.tiny import build_tiny_model
+
+    print(build_tiny_model(args.out_dir, load_profile(args.profile).tiny))
+    return 0
+
+
+def _book(args: argparse.Namespace) -> int:
+    from .book import BookError, build_book
+
+    try:
+        html = build_book(args.run_dir, output_dir=args.output)
+    except BookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"book: {html / 'index.html'}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .core.llm import LocalBackend
+    from .serve import ChatServer
+
+    name = args.name or Path(args.model_dir).resolve().name
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    server = ChatServer(LocalBackend(args.model_dir, batch_size=args.batch_size), name, args.host, args.port, key)
+    print(f"serving {args.model_dir} as {name!r} on {server.base_url} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+COMMANDS = {
+    "run": _run,
+    "profiles": _profiles,
+    "show": _show,
+    "env": _env,
+    "build-tiny": _build_tiny,
+    "book": _book,
+    "serve": _serve,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 2  # pragma: no cover - argparse enforces a command
 
 
 if __name__ == "__main__":

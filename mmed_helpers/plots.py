@@ -87,7 +87,7 @@ def plot_threshold_sweep(rows: Sequence[dict], threshold: float, save_to: str | 
     """Kept fraction against the CCTS threshold, per target language and overall."""
     import matplotlib.pyplot as plt
 
-    from .ccts import kept_fraction
+    from .steps.ccts import kept_fraction
 
     thresholds = [i / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(6, 3.4))

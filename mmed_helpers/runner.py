@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_text
-from .config import load_profile
-from .notebook import default_run_dir, project_root, runtime_env
+from .core.artifacts import atomic_write_text
+from .core.config import load_profile
+from .core.flags import runtime_env
+from .core.layout import RunLayout, default_run_dir, project_root
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[\w-]+\.ipynb$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -127,10 +128,11 @@ def run_course(
     overrides = dict(overrides or {})
     cfg = load_profile(profile, overrides=overrides)  # fail fast, one line, before any kernel starts
     profile_arg = str(Path(profile).resolve()) if str(profile).endswith((".yaml", ".yml")) else str(profile)
-    run = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(cfg.name).resolve()
+    layout = RunLayout(run_dir if run_dir else default_run_dir(cfg.name))
+    run = layout.root
     nb_dir = Path(notebooks_dir).resolve() if notebooks_dir else notebooks_dir_default()
     chosen = select_notebooks(discover_notebooks(nb_dir), only, start_from)
-    out_dir = run / "notebooks"
+    out_dir = layout.executed_notebooks
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(runtime_env(cfg))
 
@@ -184,7 +186,7 @@ def _save_summary(report: RunReport) -> None:
         "ok": report.ok,
         "results": [asdict(r) for r in report.results],
     }
-    atomic_write_text(Path(report.run_dir) / "run_summary.json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(RunLayout(report.run_dir).summary, json.dumps(data, indent=2) + "\n")
 
 
 def _fmt_seconds(s: float) -> str:

@@ -22,7 +22,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .llm import Backend, GenerationParams
+from .core.llm import Backend, GenerationParams
 
 
 class ChatHandler(BaseHTTPRequestHandler):

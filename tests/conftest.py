@@ -2,22 +2,16 @@
 
 import os
 
-os.environ.update(
-    {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "UNSLOTH_DISABLE_STATISTICS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-)
+from mmed_helpers.core.flags import OFFLINE_ENV, QUIET_ENV  # cheap: imports no Hugging Face library
+
+os.environ.update({**OFFLINE_ENV, **QUIET_ENV})
 
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from mmed_helpers.config import TinyModelConfig  # noqa: E402
+from mmed_helpers.core.config import TinyModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """The embedded smoke model, built once per test session (read-only for tests)."""
-    from mmed_helpers.tiny import build_tiny_model
+    from mmed_helpers.core.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TinyModelConfig())
 

@@ -1,8 +1,9 @@
 import hashlib
 import json
 
-from mmed_helpers.artifacts import file_sha256, package_versions, read_manifest, write_manifest
-from mmed_helpers.notebook import runtime_env, start
+from mmed_helpers.core.artifacts import file_sha256, package_versions, read_manifest, write_manifest
+from mmed_helpers.core.flags import runtime_env
+from mmed_helpers.core.notebook import start
 
 
 def test_file_and_directory_hashes(tmp_path):
@@ -43,10 +44,11 @@ def test_package_versions_reports_missing_as_none():
 
 
 def test_notebook_start_sets_up_run(tmp_path, monkeypatch):
-    for key in runtime_env(start("00_x", "smoke", tmp_path).cfg):
+    for key in runtime_env(start("setup", "smoke", tmp_path).cfg):
         monkeypatch.delenv(key, raising=False)
-    step = start("02_y", profile="smoke", run_dir=tmp_path / "run", overrides={"seed": 5})
-    assert step.out_dir == (tmp_path / "run" / "02_y") and step.out_dir.is_dir()
+    step = start("translate", profile="smoke", run_dir=tmp_path / "run", overrides={"seed": 5})
+    assert step.out_dir == (tmp_path / "run" / "02_translate_ccts") and step.out_dir.is_dir()
+    assert step.name == "02_translate_ccts" and step.run.root == step.run_dir == tmp_path / "run"
     assert step.cfg.seed == 5
     import os
 
@@ -59,7 +61,7 @@ def test_notebook_start_sets_up_run(tmp_path, monkeypatch):
 def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
     import pytest
 
-    from mmed_helpers.artifacts import atomic_directory
+    from mmed_helpers.core.artifacts import atomic_directory
 
     target = tmp_path / "model"
     with atomic_directory(target) as tmp:

@@ -3,35 +3,29 @@ import shutil
 
 import pytest
 
-from mmed_helpers.base_model import (
-    BaseModelError,
-    count_parameters,
-    describe_model,
-    fetch_hub_model,
-    prepare_base_model,
-    resolve_base_model,
-    tokenizer_fertility,
-)
-from mmed_helpers.config import load_profile
-from mmed_helpers.corpus import load_corpus
+from mmed_helpers.core.config import load_profile
+from mmed_helpers.core.corpus import load_corpus
+from mmed_helpers.core.layout import MissingArtifactError, RunLayout
+from mmed_helpers.core.modeldir import BaseModelError, count_parameters, describe_model
+from mmed_helpers.steps.setup import fetch_hub_model, prepare_base_model, tokenizer_fertility
 
 
 def test_tiny_base_is_built_into_the_run_and_recorded(tmp_path):
-    info = prepare_base_model(load_profile("smoke"), tmp_path)
+    info = prepare_base_model(load_profile("smoke"), RunLayout(tmp_path))
     assert info.source == "tiny" and info.path == str(tmp_path / "models" / "base")
     assert json.loads((tmp_path / "base_model.json").read_text())["path"] == info.path
-    assert resolve_base_model(tmp_path) == info
+    assert RunLayout(tmp_path).base_model() == info
 
 
 def test_local_directory_base(tiny_dir, tmp_path):
-    info = prepare_base_model(load_profile("smoke", {"model.base_model": str(tiny_dir)}), tmp_path)
+    info = prepare_base_model(load_profile("smoke", {"model.base_model": str(tiny_dir)}), RunLayout(tmp_path))
     assert (info.source, info.path) == ("local", str(tiny_dir))
 
 
 def test_missing_local_directory_names_it(tmp_path):
     cfg = load_profile("smoke", {"model.base_model": str(tmp_path / "nope")})
     with pytest.raises(BaseModelError, match="model directory .*nope not found"):
-        prepare_base_model(cfg, tmp_path)
+        prepare_base_model(cfg, RunLayout(tmp_path))
 
 
 def test_directory_without_weights_or_config_is_refused(tiny_copy):
@@ -66,8 +60,8 @@ def test_hub_id_missing_offline_says_how_to_fix(tmp_path):
 
 
 def test_resolve_before_setup_names_notebook_00(tmp_path):
-    with pytest.raises(BaseModelError, match="run notebook 00_setup first"):
-        resolve_base_model(tmp_path)
+    with pytest.raises(MissingArtifactError, match="run notebook 00_setup first"):
+        RunLayout(tmp_path).base_model()
 
 
 def test_describe_model_reads_headers_only(tiny_dir):

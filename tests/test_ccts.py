@@ -4,7 +4,7 @@ import bert_score
 import pytest
 import sacrebleu
 
-from mmed_helpers.ccts import CCTSScorer, bleu_tokenizer, kept_fraction, resolve_encoder, sentence_bleu
+from mmed_helpers.steps.ccts import CCTSScorer, bleu_tokenizer, kept_fraction, resolve_encoder, sentence_bleu
 
 PAIRS = [
     (

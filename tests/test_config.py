@@ -1,6 +1,6 @@
 import pytest
 
-from mmed_helpers.config import (
+from mmed_helpers.core.config import (
     LANGUAGES,
     ConfigError,
     Profile,

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from mmed_helpers.config import LANGUAGES
-from mmed_helpers.corpus import CorpusError, corpus_summary, load_corpus
+from mmed_helpers.core.corpus import CorpusError, corpus_summary, load_corpus
+from mmed_helpers.core.languages import LANGUAGES
 
 SCRIPTS = {
     "zh": re.compile(r"[\u4e00-\u9fff]"),

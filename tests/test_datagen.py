@@ -12,9 +12,15 @@ from collections import Counter
 
 import pytest
 
-from mmed_helpers.config import LANGUAGES, load_profile
-from mmed_helpers.corpus import load_corpus
-from mmed_helpers.datagen import (
+from mmed_helpers.core.config import load_profile
+from mmed_helpers.core.corpus import load_corpus
+from mmed_helpers.core.jobs import JsonlStore
+from mmed_helpers.core.languages import LANGUAGES
+from mmed_helpers.core.layout import RunLayout
+from mmed_helpers.core.llm import Completion
+from mmed_helpers.core.mcformat import LETTERS
+from mmed_helpers.core.records import MCItem
+from mmed_helpers.steps.generate import (
     REASONS,
     STEPS,
     DataGenError,
@@ -32,9 +38,6 @@ from mmed_helpers.datagen import (
     select_passages,
     validate,
 )
-from mmed_helpers.jobs import JsonlStore
-from mmed_helpers.llm import Completion
-from mmed_helpers.schema import LETTERS, MCItem
 
 CFG = load_profile("smoke").datagen
 
@@ -67,7 +70,7 @@ def test_seed_sets_are_complete_and_pass_every_filter(lang):
         assert len(kept) == len(seeds), report.rejected
     mcs = load_seeds("mc", [lang])
     letters = Counter(m.answer for m in mcs)
-    assert max(letters.values()) <= 6 and set(letters) <= set(LETTERS)
+    assert max(letters.values()) <= 6 and set(letters) <= set(LETTERS[:5])  # four or five options
     assert {len(m.options) for m in mcs} == {4, 5}
 
 
@@ -240,7 +243,7 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
     cfg = load_profile("smoke", {"languages": ["en", "fr", "ru"], "datagen.ift_per_passage": 2})
     passages = select_passages(load_corpus(cfg.languages), cfg.datagen.passages_per_language)
     backend = ExtractiveBackend(passages)
-    result = run_datagen(cfg, tmp_path, backend, progress=False)
+    result = run_datagen(cfg, RunLayout(tmp_path), backend, progress=False)
     n = len(passages)
     assert result.generated_now == backend.calls == n + 2 * n + n
     ift, mc = result.reports["ift"], result.reports["mc"]
@@ -252,7 +255,7 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
 
     from datasets import load_from_disk
 
-    ds = load_from_disk(str(tmp_path / "mmed_ift_mc"))
+    ds = load_from_disk(str(RunLayout(tmp_path).mc))
     assert len(ds) == mc.kept and set(ds["origin"]) == {"seed", "generated"}
     row = next(r for r in ds if r["origin"] == "generated")
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
@@ -261,7 +264,7 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
         == row["messages"][0]["content"]
     )
 
-    again = run_datagen(cfg, tmp_path, ExtractiveBackend(passages), progress=False)
+    again = run_datagen(cfg, RunLayout(tmp_path), ExtractiveBackend(passages), progress=False)
     assert again.generated_now == 0 and again.reports["ift"].kept == ift.kept
 
 
@@ -272,7 +275,7 @@ def test_run_datagen_counts_passages_without_condensed_text(tmp_path):
 
     cfg = load_profile("smoke", {"languages": ["en"]})
     passages = select_passages(load_corpus(["en"]), 2)
-    result = run_datagen(cfg, tmp_path, Silent(passages), progress=False)
+    result = run_datagen(cfg, RunLayout(tmp_path), Silent(passages), progress=False)
     assert result.reports["ift"].rejected["no_condensed_text"] == 1
     assert result.reports["ift"].generated == 1  # only the passage that was condensed got an item
 
@@ -287,11 +290,12 @@ def test_job_ids_are_stable():
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from mmed_helpers.config import load_profile
-    from mmed_helpers.datagen import run_datagen
-    from mmed_helpers.llm import LocalBackend
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.steps.generate import run_datagen
+    from mmed_helpers.core.layout import RunLayout
+    from mmed_helpers.core.llm import LocalBackend
     cfg = load_profile("smoke", {"datagen.batch_size": 1, "datagen.passages_per_language": 3})
-    run_datagen(cfg, sys.argv[2], LocalBackend(sys.argv[1], batch_size=1), progress=False)
+    run_datagen(cfg, RunLayout(sys.argv[2]), LocalBackend(sys.argv[1], batch_size=1), progress=False)
     print("FINISHED")
     """
 )
@@ -300,7 +304,7 @@ KILL_SCRIPT = textwrap.dedent(
 def test_killed_generation_resumes_without_loss_or_duplicates(tiny_dir, tmp_path):
     """Kill a real generation process mid-run, resume it, and check the final set."""
     out = tmp_path / "gen"
-    raw = out / "raw" / "condense.jsonl"
+    raw = RunLayout(out).generation_store("condense")
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(tiny_dir), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -318,11 +322,11 @@ def test_killed_generation_resumes_without_loss_or_duplicates(tiny_dir, tmp_path
     assert resumed.returncode == 0 and "FINISHED" in resumed.stdout, resumed.stderr[-2000:]
     expected = {f"{lang}-{i:03d}" for lang in LANGUAGES for i in range(1, 4)}
     for step in STEPS:
-        lines = (out / "raw" / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = RunLayout(out).generation_store(step).read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]  # nothing corrupt
         ids = [r["id"] for r in records if not r["error"]]
         assert len(ids) == len(set(ids)), f"duplicates in {step}"
         if step == "condense":
             assert {i.split(":")[0] for i in ids} == expected
-    manifest_free = JsonlStore(out / "raw" / "condense.jsonl")
+    manifest_free = JsonlStore(raw)
     assert manifest_free.recovered == 0 and len(manifest_free) == 18

@@ -1,6 +1,6 @@
 import torch
 
-from mmed_helpers.env import environment_report, report_rows, unsloth_status
+from mmed_helpers.steps.setup import environment_report, report_rows, unsloth_status
 
 
 def test_unsloth_status_matches_the_machine():

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from mmed_helpers.evaluate import (
-    ALL_LETTERS,
+from mmed_helpers.core.layout import MissingArtifactError, RunLayout
+from mmed_helpers.core.mcformat import LETTERS, extract_answers
+from mmed_helpers.steps.evaluate import (
     EvalError,
     EvalItem,
     encode_pair,
     evaluate_model,
-    extract_answers,
     load_benchmark,
     loglik_scores,
     model_sources,
@@ -47,7 +47,7 @@ def test_bundled_mmedbench_has_six_languages_and_multi_answer_items():
 
 
 def test_eval_items_are_not_training_seeds():
-    from mmed_helpers.datagen import load_seeds
+    from mmed_helpers.steps.generate import load_seeds
 
     seeds = {s.question.strip().casefold() for s in load_seeds("mc", LANGS) + load_seeds("ift", LANGS)}
     for bench in ("medqa", "medmcqa", "pubmedqa", "mmedbench"):
@@ -227,7 +227,7 @@ def test_fast_path_equals_full_forward_per_choice(tiny_lm):
                 logp = torch.log_softmax(model(ids).logits[0].float(), -1)
             expected = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
             assert s.logliks[j] == pytest.approx(expected, abs=1e-4)
-        assert s.pred == ALL_LETTERS[max(range(len(s.logliks)), key=s.logliks.__getitem__)]
+        assert s.pred == LETTERS[max(range(len(s.logliks)), key=s.logliks.__getitem__)]
         assert s.pred_norm == s.pred  # single-letter choices: acc_norm == acc
 
 
@@ -260,13 +260,20 @@ def test_evaluate_model_both_protocols_and_summary(tiny_lm):
 
 
 def test_model_sources_name_the_missing_notebook(tmp_path):
-    from mmed_helpers.base_model import prepare_base_model
-    from mmed_helpers.config import load_profile
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.steps.setup import prepare_base_model
 
-    prepare_base_model(load_profile("smoke"), tmp_path)
-    assert model_sources(tmp_path, ["base"])["base"][1] is None
-    with pytest.raises(EvalError, match="run notebook 04_stage2_qlora first"):
-        model_sources(tmp_path, ["stage2"])
+    prepare_base_model(load_profile("smoke"), RunLayout(tmp_path))
+    assert model_sources(RunLayout(tmp_path), ["base"])["base"][1] is None
+    with pytest.raises(MissingArtifactError, match="run notebook 03_stage1_dora first"):
+        model_sources(RunLayout(tmp_path), ["stage2"])
+    merged = RunLayout(tmp_path).stage1_merged  # stage 1 done: now stage 2's adapter is what is missing
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    with pytest.raises(MissingArtifactError, match="run notebook 04_stage2_qlora first"):
+        model_sources(RunLayout(tmp_path), ["stage2"])
+    with pytest.raises(EvalError, match="unknown model 'stage3'"):
+        model_sources(RunLayout(tmp_path), ["stage3"])
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness agreement

@@ -1,7 +1,7 @@
 import pytest
 
-from mmed_helpers.jobs import Job, JsonlStore, run_jobs
-from mmed_helpers.llm import Completion
+from mmed_helpers.core.jobs import Job, JsonlStore, run_jobs
+from mmed_helpers.core.llm import Completion
 
 
 def upper(batch):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mmed_helpers.llm import Completion, EndpointError, GenerationParams, LocalBackend, OpenAIBackend
+from mmed_helpers.core.llm import Completion, EndpointError, GenerationParams, LocalBackend, OpenAIBackend
 from mmed_helpers.serve import ChatHandler, ChatServer
 
 CONVS = [

@@ -1,6 +1,6 @@
 import pytest
 
-from mmed_helpers.quality import (
+from mmed_helpers.core.quality import (
     MinHasher,
     content_tokens,
     detect_language,

@@ -8,7 +8,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from mmed_helpers.cli import main
-from mmed_helpers.config import ConfigError
+from mmed_helpers.core.config import ConfigError
 from mmed_helpers.runner import RunnerError, discover_notebooks, run_course, select_notebooks
 
 PARAMS = 'profile = "smoke"\nrun_dir = ""\noverrides = {}'

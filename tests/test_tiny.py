@@ -7,10 +7,10 @@ import textwrap
 import pytest
 import torch
 
-from mmed_helpers.artifacts import file_sha256
-from mmed_helpers.config import TinyModelConfig
-from mmed_helpers.corpus import load_corpus
-from mmed_helpers.tiny import MARKER_FILE, build_tiny_model, is_tiny_model_dir
+from mmed_helpers.core.artifacts import file_sha256
+from mmed_helpers.core.config import TinyModelConfig
+from mmed_helpers.core.corpus import load_corpus
+from mmed_helpers.core.tiny import MARKER_FILE, build_tiny_model, is_tiny_model_dir
 
 SAMPLES = {
     "en": "Chronic kidney disease is defined by a reduced glomerular filtration rate.",

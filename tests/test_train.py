@@ -11,15 +11,16 @@ import time
 
 import pytest
 
-from mmed_helpers.config import load_profile
-from mmed_helpers.datagen import load_seeds, save_dataset, to_dataset
-from mmed_helpers.train import (
+from mmed_helpers.core.config import load_profile
+from mmed_helpers.core.layout import MissingArtifactError, RunLayout
+from mmed_helpers.core.records import save_dataset, to_dataset
+from mmed_helpers.steps.generate import load_seeds
+from mmed_helpers.steps.train import (
     TrainingError,
     last_checkpoint,
     load_sft_dataset,
     merge_adapter,
     merge_check,
-    require_model_dir,
     tokenize_completions,
     train_stage,
 )
@@ -94,8 +95,8 @@ def test_errors_name_the_fix(tiny_dir, data, tmp_path):
         train_stage("stage1", cfg.stage1, tiny_dir, [data / "empty"], tmp_path / "x", cfg.model)
     with pytest.raises(TrainingError, match="nope not found: run the notebook that writes it first"):
         train_stage("stage1", cfg.stage1, tiny_dir, [tmp_path / "nope"], tmp_path / "x", cfg.model)
-    with pytest.raises(TrainingError, match="run notebook 03_stage1_dora first"):
-        require_model_dir(tmp_path / "merged", "03_stage1_dora")
+    with pytest.raises(MissingArtifactError, match="run notebook 03_stage1_dora first"):
+        RunLayout(tmp_path).require("stage1_merged")
     with pytest.raises(TrainingError, match="no adapter in"):
         merge_adapter(tiny_dir, tmp_path, tmp_path / "m")
     assert not (tmp_path / "x").exists()  # nothing was loaded or written
@@ -115,8 +116,8 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from mmed_helpers.config import load_profile
-    from mmed_helpers.train import train_stage, merge_adapter, merge_check
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.steps.train import train_stage, merge_adapter, merge_check
     tiny, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     cfg = load_profile("smoke", {"stage1.max_steps": 6, "stage2.max_steps": 4})
     r1 = train_stage("stage1", cfg.stage1, tiny, [data / "ift"], out / "s1", cfg.model, progress=False)
@@ -149,8 +150,8 @@ def test_unsloth_backend_runs_the_recipe_on_cpu(tiny_dir, data, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from mmed_helpers.config import load_profile
-    from mmed_helpers.train import train_stage
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.steps.train import train_stage
     cfg = load_profile("smoke", {"stage1.max_steps": 60, "stage1.save_steps": 4, "stage1.logging_steps": 1})
     r = train_stage("stage1", cfg.stage1, sys.argv[1], [sys.argv[2]], sys.argv[3], cfg.model, progress=False)
     print("RESULT=" + json.dumps(r.summary()))

@@ -4,17 +4,16 @@ import json
 
 import pytest
 
-from mmed_helpers.ccts import CCTSScorer
-from mmed_helpers.config import load_profile
-from mmed_helpers.llm import Completion, LocalBackend
-from mmed_helpers.schema import IFTSample, MCItem
-from mmed_helpers.tiny import build_tiny_seq2seq
-from mmed_helpers.translate import (
-    LANGUAGE_NAMES,
+from mmed_helpers.core.config import load_profile
+from mmed_helpers.core.layout import RunLayout
+from mmed_helpers.core.llm import Completion, LocalBackend
+from mmed_helpers.core.records import IFTSample, MCItem, load_items
+from mmed_helpers.core.tiny import build_tiny_seq2seq
+from mmed_helpers.steps.ccts import CCTSScorer
+from mmed_helpers.steps.translate import (
     LLMTranslator,
     Seq2SeqTranslator,
     TranslationError,
-    load_items,
     make_translator,
     rebuild,
     run_expansion,
@@ -146,7 +145,8 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     )
     scorer = CCTSScorer(batch_size=8)
     tr = TaggingTranslator(lossy={"ja"})
-    result = run_expansion(cfg, tmp_path, tr, scorer, _items(), progress=False)
+    run = RunLayout(tmp_path)
+    result = run_expansion(cfg, run, tr, scorer, _items(), progress=False)
     rows = {r["id"]: r for r in result.rows()}
     assert len(rows) == (2 + 1) * 2  # 2 IFT + 1 MC sources (max 2 per dataset) x 2 targets
     assert tr.calls == 2 * (2 * 2 + 6) * 2  # fields x targets, forward and back
@@ -156,9 +156,9 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     kept_mc = result.kept["mc"][0]
     assert kept_mc.lang == "fr" and kept_mc.options[0] == "[fr] Right coronary artery" and kept_mc.answer == "A"
 
-    saved = load_items(tmp_path / "mmed_ift_mc_translated", "mc")
+    saved = load_items(run.mc_translated, "mc")
     assert [it.id for it in saved] == ["m0|fr"] and saved[0].origin == "translated"
-    assert len([json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]) == 6
+    assert len([json.loads(x) for x in run.ccts_scores.read_text().splitlines()]) == 6
 
     # a lower threshold keeps the lossy pairs too, without translating again
     lower = load_profile(
@@ -170,10 +170,10 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
             "ccts.check_target_language": False,
         },
     )
-    again = run_expansion(lower, tmp_path, TaggingTranslator(lossy={"ja"}), scorer, _items(), progress=False)
+    again = run_expansion(lower, run, TaggingTranslator(lossy={"ja"}), scorer, _items(), progress=False)
     assert again.translated_now == 0
     assert sum(p.kept for p in again.pairs) == 6
-    assert len(load_items(tmp_path / "mmed_ift_translated", "ift")) == 4
+    assert len(load_items(run.ift_translated, "ift")) == 4
 
 
 def test_untranslated_copies_are_caught_by_the_target_language_check(tmp_path):
@@ -192,7 +192,7 @@ def test_untranslated_copies_are_caught_by_the_target_language_check(tmp_path):
         "What is the first-line treatment of anaphylaxis?",
         "Intramuscular adrenaline is the first-line treatment of anaphylaxis.",
     )
-    result = run_expansion(cfg, tmp_path, Copier(), CCTSScorer(), {"ift": [item]}, progress=False)
+    result = run_expansion(cfg, RunLayout(tmp_path), Copier(), CCTSScorer(), {"ift": [item]}, progress=False)
     rows = {r["id"]: r for r in result.rows()}
     assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-6)  # copied, so the round trip is perfect
     assert rows["s0|es"]["reason"] == "wrong_target_language" and not rows["s0|es"]["kept"]
@@ -212,14 +212,18 @@ def test_failed_translations_are_counted_and_retried(tmp_path):
     cfg = load_profile(
         "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 1, "ccts.check_target_language": False}
     )
-    result = run_expansion(cfg, tmp_path, TaggingTranslator(failing={"ja"}), CCTSScorer(), _items(), progress=False)
+    result = run_expansion(
+        cfg, RunLayout(tmp_path), TaggingTranslator(failing={"ja"}), CCTSScorer(), _items(), progress=False
+    )
     reasons = {r["id"]: r["reason"] for r in result.rows()}
     assert reasons == {"i0|fr": "kept", "i0|ja": "translation_failed", "m0|fr": "kept", "m0|ja": "translation_failed"}
     retry = TaggingTranslator()
-    again = run_expansion(cfg, tmp_path, retry, CCTSScorer(), _items(), progress=False)
+    again = run_expansion(cfg, RunLayout(tmp_path), retry, CCTSScorer(), _items(), progress=False)
     assert retry.calls == again.translated_now == (2 + 6) * 2  # only the failed ja fields, forward and back
     assert all(p.kept for p in again.pairs)
 
 
 def test_language_names_cover_the_course():
-    assert set(LANGUAGE_NAMES) == {"en", "zh", "ja", "fr", "ru", "es"}
+    from mmed_helpers.core.languages import TABLE
+
+    assert set(TABLE) == {"en", "zh", "ja", "fr", "ru", "es"} and all(row.name for row in TABLE.values())

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jsonl import parse_jsonl
 from .llm import Completion
 
 
@@ -50,12 +51,9 @@ class JsonlStore:
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
             data = data[:end]
-        for line in data.decode("utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+        for line in parse_jsonl(data.decode("utf-8"), self.path.name):
+            rec = line.record
+            if line.error or not isinstance(rec, dict) or "id" not in rec:
                 self.corrupt += 1
                 continue
             old = self.records.get(rec["id"])

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning stages: load a base, attach the stage's adapter, train, save, resume, merge.
+"""Steps 03 and 04 (notebooks ``03_stage1_dora``, ``04_stage2_qlora``; also 05's single-stage ablation):
+supervised fine-tuning stages: load a base, attach the stage's adapter, train, save, resume, merge.
 
 The paper's recipe, as two calls of one API:
 
@@ -9,17 +10,17 @@ The paper's recipe, as two calls of one API:
 Training goes through Unsloth's ``FastLanguageModel`` (fused kernels on a CUDA GPU, a transformers + PEFT
 fallback on CPU). Where Unsloth cannot be imported (or ``MMED_DISABLE_UNSLOTH=1``), the same configs run on
 plain transformers + PEFT (+ bitsandbytes for 4-bit), and the API says so once. Records are chat messages; they
-are trained as prompt -> completion, so the loss falls on the assistant's answer only. Checkpoints go to
-``<out>/checkpoints`` every ``save_steps``; a rerun resumes from the last complete one::
+are trained as prompt -> completion, so the loss falls on the assistant's answer only. What one training run
+writes into its folder is :class:`~mmed_helpers.core.layout.TrainDir`: checkpoints every ``save_steps`` (a rerun
+resumes from the last complete one), the adapter, the log history and a manifest::
 
-    >>> result = train_stage("stage1", cfg.stage1, base_path, [ift_dir], out_dir, cfg.model, seed=cfg.seed)
-    >>> merge_adapter(base_path, result.adapter_dir, merged_dir, dtype="float32")
+    >>> result = train_stage("stage1", cfg.stage1, base_path, [run.require("ift")], run.stage1_train, cfg.model)
+    >>> merge_adapter(base_path, result.adapter_dir, run.stage1_merged, dtype="float32")
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import time
@@ -29,8 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_directory, atomic_write_text, write_manifest
-from .config import ModelConfig, StageConfig
+from ..core.artifacts import atomic_directory, atomic_write_text, write_manifest
+from ..core.config import ModelConfig, StageConfig
+from ..core.device import resolve_dtype
+from ..core.flags import unsloth_disabled
+from ..core.layout import TrainDir
 
 _ANNOUNCED = False
 
@@ -44,7 +48,7 @@ class TrainingError(RuntimeError):
 
 def unsloth_enabled() -> bool:
     """True if Unsloth can be used (importable and not disabled with ``MMED_DISABLE_UNSLOTH=1``)."""
-    if os.environ.get("MMED_DISABLE_UNSLOTH", "0").lower() in ("1", "true", "yes"):
+    if unsloth_disabled():
         return False
     try:
         import unsloth  # noqa: F401  (must be imported before transformers, trl, peft)
@@ -62,17 +66,6 @@ def _announce(message: str) -> None:
     if not _ANNOUNCED:
         print(message, flush=True)
         _ANNOUNCED = True
-
-
-def resolve_dtype(dtype: str):
-    """``auto`` -> bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
-    import torch
-
-    if dtype == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, dtype)
 
 
 def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: ModelConfig, seed: int = 42):
@@ -272,21 +265,59 @@ def train_stage(
     progress: bool = True,
     profile: str = "",
 ) -> TrainResult:
-    """Train one stage and save its adapter into ``out_dir/adapter``; resume from ``out_dir/checkpoints``.
-
-    Writes ``out_dir/manifest.json`` (config, data hashes, versions, steps, final loss, wall time, peak
-    memory) and ``out_dir/log_history.json``."""
-    out = Path(out_dir).expanduser().resolve()
+    """Train one stage in the training folder ``out_dir`` (a :class:`~mmed_helpers.core.layout.TrainDir`):
+    resume from its checkpoints, save the adapter, the log history and ``manifest.json`` (config, data hashes,
+    versions, steps, final loss, wall time, peak memory)."""
+    folder = TrainDir(Path(out_dir).expanduser().resolve())
     dataset = load_sft_dataset(data_paths)  # fails before loading any model when data is missing or empty
     model, tok, backend = load_for_training(model_path, stage, model_cfg, seed)
     _announce(f"training backend: {backend}")
+    _reset_peak_memory()
+    args = _training_args(stage, model_cfg, folder, seed, progress)
+    trainer = _make_trainer(backend, model, tok, dataset, args, stage, model_cfg)
+    facts = _model_facts(model)
+    timer = _StepTimer()
+    trainer.add_callback(timer)
+    resume = last_checkpoint(folder.checkpoints)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - t0
 
+    with atomic_directory(folder.adapter) as tmp:
+        trainer.model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+    history = trainer.state.log_history
+    losses = [(h["step"], float(h["loss"])) for h in history if "loss" in h]
+    peak, memory_kind = _peak_memory()
+    result = TrainResult(
+        name=name,
+        out_dir=folder.root,
+        adapter_dir=folder.adapter,
+        backend=backend,
+        global_step=trainer.state.global_step,
+        final_loss=losses[-1][1] if losses else None,
+        losses=losses,
+        wall_s=wall,
+        peak_memory_gib=round(peak, 3),
+        memory_kind=memory_kind,
+        resumed_from=str(resume) if resume else None,
+        examples=len(dataset),
+        trained_tokens=next((h.get("num_tokens") for h in reversed(history) if "num_tokens" in h), None),
+        step_seconds=timer.seconds,
+        **facts,
+    )
+    _write_training_record(result, folder, history, stage, model_cfg, model_path, data_paths, seed, profile)
+    return result
+
+
+def _training_args(stage: StageConfig, model_cfg: ModelConfig, folder: TrainDir, seed: int, progress: bool) -> dict:
+    """The trainer arguments both backends share (precision and optimizer follow the device)."""
     import torch
 
     dtype = resolve_dtype(model_cfg.dtype)
     on_gpu = torch.cuda.is_available()
-    common = dict(
-        output_dir=str(out / "checkpoints"),
+    return dict(
+        output_dir=str(folder.checkpoints),
         per_device_train_batch_size=stage.per_device_train_batch_size,
         gradient_accumulation_steps=stage.gradient_accumulation_steps,
         learning_rate=stage.learning_rate,
@@ -305,81 +336,80 @@ def train_stage(
         disable_tqdm=not progress,
         optim="adamw_8bit" if on_gpu and stage.load_in_4bit else "adamw_torch",
     )
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+
+
+def _make_trainer(backend: str, model, tok, dataset, args: dict, stage: StageConfig, model_cfg: ModelConfig):
+    """trl's SFTTrainer (as patched by Unsloth) on the Unsloth path; transformers' Trainer on the PEFT path
+    (trl 1.15's SFTTrainer needs triton, which CPU-only and macOS torch lack). Both put the loss on the
+    completion only."""
+    max_length = model_cfg.max_seq_length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if backend == "unsloth":
-            # trl's SFTTrainer, as patched by Unsloth: prompt -> completion records, loss on the completion only
             from trl import SFTConfig, SFTTrainer
 
-            args = SFTConfig(**common, max_length=model_cfg.max_seq_length)
-            trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=args)
-        else:
-            # transformers' Trainer: trl 1.15's SFTTrainer needs triton, which CPU-only and macOS torch lack
-            from transformers import Trainer, TrainingArguments
+            sft_args = SFTConfig(**args, max_length=max_length)
+            return SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=sft_args)
+        from transformers import Trainer, TrainingArguments
 
-            features = tokenize_completions(dataset, tok, model_cfg.max_seq_length)
-            args = TrainingArguments(
-                **common, gradient_checkpointing=stage.gradient_checkpointing, remove_unused_columns=False
-            )
-            trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=CompletionCollator(tok))
+        features = tokenize_completions(dataset, tok, max_length)
+        hf_args = TrainingArguments(
+            **args, gradient_checkpointing=stage.gradient_checkpointing, remove_unused_columns=False
+        )
+        return Trainer(model=model, args=hf_args, train_dataset=features, data_collator=CompletionCollator(tok))
+
+
+def _model_facts(model) -> dict[str, int]:
+    """How many linear layers are 4-bit, and trainable vs total parameters."""
     quantized = sum(
         type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes") for m in model.modules()
     )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    timer = _StepTimer()
-    trainer.add_callback(timer)
-    resume = last_checkpoint(out / "checkpoints")
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.perf_counter() - t0
+    return {
+        "quantized_layers": quantized,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+    }
 
-    adapter = out / "adapter"
-    with atomic_directory(adapter) as tmp:
-        trainer.model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
 
-    history = trainer.state.log_history
-    losses = [(h["step"], float(h["loss"])) for h in history if "loss" in h]
-    if on_gpu:
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "gpu_allocated"
-    else:
-        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak, kind = rss_kib / 2**20 if platform.system() != "Darwin" else rss_kib / 2**30, "cpu_process_rss"
-    tokens = next((h.get("num_tokens") for h in reversed(history) if "num_tokens" in h), None)
-    result = TrainResult(
-        name=name,
-        out_dir=out,
-        adapter_dir=adapter,
-        backend=backend,
-        global_step=trainer.state.global_step,
-        final_loss=losses[-1][1] if losses else None,
-        losses=losses,
-        wall_s=wall,
-        peak_memory_gib=round(peak, 3),
-        memory_kind=kind,
-        resumed_from=str(resume) if resume else None,
-        examples=len(dataset),
-        trained_tokens=tokens,
-        quantized_layers=quantized,
-        trainable_parameters=trainable,
-        total_parameters=total,
-        step_seconds=timer.seconds,
-    )
-    atomic_write_text(out / "log_history.json", json.dumps(history, indent=1) + "\n")
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory() -> tuple[float, str]:
+    """Peak memory in GiB and what was measured: allocated GPU memory, or the process's peak RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30, "gpu_allocated"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss_kib / 2**20 if platform.system() != "Darwin" else rss_kib / 2**30), "cpu_process_rss"
+
+
+def _write_training_record(
+    result: TrainResult,
+    folder: TrainDir,
+    history: list,
+    stage: StageConfig,
+    model_cfg: ModelConfig,
+    model_path: str | Path,
+    data_paths: Sequence[str | Path],
+    seed: int,
+    profile: str,
+) -> None:
+    atomic_write_text(folder.log_history, json.dumps(history, indent=1) + "\n")
     write_manifest(
-        out,
-        step=name,
+        folder.root,
+        step=result.name,
         profile=profile,
         parameters={"stage": asdict(stage), "model": asdict(model_cfg), "base_model": str(Path(model_path).resolve())},
         seed=seed,
         inputs={f"data_{i}": p for i, p in enumerate(data_paths)},
         outputs=result.summary(),
-        timings={"train": wall},
+        timings={"train": result.wall_s},
     )
-    return result
 
 
 def _StepTimer():  # noqa: N802 - a factory, so transformers is imported only when training
@@ -451,11 +481,3 @@ def merge_check(base_path: str | Path, adapter_dir: str | Path, merged_dir: str 
         "argmax_agreement": float((a.argmax(-1) == b.argmax(-1))[mask].float().mean()),
         "adapter_effect_max": float((a - c).abs()[mask].max()),
     }
-
-
-def require_model_dir(path: str | Path, produced_by: str) -> Path:
-    """``path`` if it holds a model, else a clear error naming the notebook that writes it."""
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise TrainingError(f"model directory {p} not found; run notebook {produced_by} first")
-    return p

@@ -1,4 +1,5 @@
-"""Multilingual expansion: translate samples source -> target -> source and keep those whose CCTS passes.
+"""Step 02 (notebook ``02_translate_ccts``), multilingual expansion: translate samples source -> target ->
+source and keep those whose CCTS passes.
 
 Translators share one interface, ``translate(texts, src, tgt) -> list[Completion]``:
 
@@ -15,7 +16,7 @@ fields of the source and of the back-translation, and samples with CCTS >= the t
 the forward translation is in the target language (``ccts.check_target_language``: an untranslated copy would
 otherwise pass with a perfect round trip)::
 
-    >>> result = run_expansion(cfg, out_dir, make_translator(cfg, base_model_path), CCTSScorer.from_config(cfg.ccts),
+    >>> result = run_expansion(cfg, run, make_translator(cfg, base_model_path), CCTSScorer.from_config(cfg.ccts),
     ...                        {"ift": ift_items, "mc": mc_items})
 """
 
@@ -30,24 +31,19 @@ from typing import Any, Protocol
 
 import yaml
 
+from ..core.artifacts import atomic_write_text
+from ..core.config import Profile
+from ..core.device import default_device
+from ..core.jobs import Job, JsonlStore, run_jobs
+from ..core.languages import TABLE
+from ..core.layout import PROMPTS_DIR, RunLayout
+from ..core.llm import Backend, Completion, GenerationParams, make_backend
+from ..core.mcformat import LETTERS
+from ..core.quality import is_language
+from ..core.records import IFTSample, MCItem, Record, records_dataset, save_dataset
 from .ccts import CCTSScore, CCTSScorer
-from .config import Profile
-from .jobs import Job, JsonlStore, run_jobs
-from .llm import Backend, Completion, GenerationParams, make_backend
-from .quality import is_language
-from .schema import LETTERS, IFTSample, MCItem
-from .tiny import NLLB_CODES
 
-PROMPT_PATH = Path(__file__).parent / "data" / "prompts" / "translate.yaml"
-LANGUAGE_NAMES = {
-    "en": "English",
-    "zh": "Simplified Chinese",
-    "ja": "Japanese",
-    "fr": "French",
-    "ru": "Russian",
-    "es": "Spanish",
-}
-M2M_CODES = {lang: f"__{lang}__" for lang in LANGUAGE_NAMES}
+PROMPT_PATH = PROMPTS_DIR / "translate.yaml"
 SCORE_COLUMNS = ("ccts", "bleu", "bertscore")
 
 
@@ -81,8 +77,8 @@ class LLMTranslator:
 
     def messages(self, text: str, src: str, tgt: str) -> list[dict[str, str]]:
         user = (
-            self.user.replace("<<SOURCE>>", LANGUAGE_NAMES.get(src, src))
-            .replace("<<TARGET>>", LANGUAGE_NAMES.get(tgt, tgt))
+            self.user.replace("<<SOURCE>>", TABLE[src].name if src in TABLE else src)
+            .replace("<<TARGET>>", TABLE[tgt].name if tgt in TABLE else tgt)
             .replace("<<TEXT>>", text)
         )
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
@@ -110,8 +106,6 @@ class Seq2SeqTranslator:
         max_new_tokens: int = 256,
         device: str | None = None,
     ):
-        import torch
-
         if style not in self.STYLES:
             raise TranslationError(f"seq2seq style must be one of {self.STYLES}, got {style!r}")
         if style == "marian" and not ("{src}" in str(model) and "{tgt}" in str(model)):
@@ -120,7 +114,7 @@ class Seq2SeqTranslator:
         self.style = style
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self._loaded: dict[str, tuple[Any, Any]] = {}
 
     def describe(self) -> dict[str, object]:
@@ -136,8 +130,8 @@ class Seq2SeqTranslator:
         return self._loaded[name]
 
     def _code(self, tok, lang: str) -> str:
-        table = NLLB_CODES if self.style == "nllb" else M2M_CODES
-        code = table.get(lang)
+        row = TABLE.get(lang)
+        code = None if row is None else (row.nllb if self.style == "nllb" else row.m2m)
         if code is None or tok.convert_tokens_to_ids(code) in (None, tok.unk_token_id):
             raise TranslationError(f"{self.model_name} has no {self.style} language code for {lang!r} ({code})")
         return code
@@ -188,7 +182,7 @@ def make_translator(cfg: Profile, base_model_path: str | Path) -> Translator:
 # --------------------------------------------------------------------------- the cycle
 
 
-def sample_fields(item: IFTSample | MCItem) -> dict[str, str]:
+def sample_fields(item: Record) -> dict[str, str]:
     """The fields of a sample that are translated, in a fixed order."""
     if isinstance(item, IFTSample):
         return {"question": item.question, "answer": item.answer}
@@ -196,7 +190,7 @@ def sample_fields(item: IFTSample | MCItem) -> dict[str, str]:
     return {"question": item.question, **opts, "rationale": item.rationale}
 
 
-def rebuild(item: IFTSample | MCItem, fields: dict[str, str], lang: str) -> IFTSample | MCItem:
+def rebuild(item: Record, fields: dict[str, str], lang: str) -> Record:
     """``item`` with translated ``fields``, in language ``lang``, marked as a translation of ``item``."""
     new_id = f"{item.id}|{lang}"
     if isinstance(item, IFTSample):
@@ -220,7 +214,7 @@ class PairResult:
     """One sample in one target language: its translation, back-translation and score."""
 
     kind: str
-    source: IFTSample | MCItem
+    source: Record
     target_lang: str
     translated: dict[str, str] | None
     back: dict[str, str] | None
@@ -250,7 +244,7 @@ class PairResult:
 class ExpansionResult:
     out_dir: Path
     pairs: list[PairResult]
-    kept: dict[str, list[IFTSample | MCItem]] = field(default_factory=dict)
+    kept: dict[str, list[Record]] = field(default_factory=dict)
     translated_now: int = 0
     recovered_lines: int = 0
 
@@ -258,7 +252,7 @@ class ExpansionResult:
         return [p.row() for p in self.pairs]
 
 
-def select_sources(items: Sequence[IFTSample | MCItem], lang: str, limit: int) -> list[IFTSample | MCItem]:
+def select_sources(items: Sequence[Record], lang: str, limit: int) -> list[Record]:
     """The first ``limit`` items in ``lang`` (0 = all), in dataset order."""
     chosen = [it for it in items if it.lang == lang]
     return chosen[:limit] if limit > 0 else chosen
@@ -284,84 +278,106 @@ def _translate_all(
 
 def run_expansion(
     cfg: Profile,
-    out_dir: str | Path,
+    run: RunLayout,
     translator: Translator,
     scorer: CCTSScorer,
-    datasets: dict[str, Sequence[IFTSample | MCItem]],
+    datasets: dict[str, Sequence[Record]],
     progress: bool = True,
 ) -> ExpansionResult:
     """Translate the source-language samples of each dataset kind into every other profile language and back,
-    score each pair with CCTS, and save the kept translations (``mmed_ift_translated``,
-    ``mmed_ift_mc_translated``) and every score (``scores.jsonl``) into ``out_dir``."""
-    from tqdm.auto import tqdm
-
-    from .datagen import records_dataset, save_dataset
-
+    score each pair with CCTS, and save the kept translations (``run.ift_translated``, ``run.mc_translated``)
+    and every score (``run.ccts_scores``) into the run."""
     cc = cfg.ccts
-    out = Path(out_dir)
     targets = [lang for lang in cfg.languages if lang != cc.source_language]
     sources = {
         kind: select_sources(items, cc.source_language, cc.max_source_samples) for kind, items in datasets.items()
     }
-    fwd_store = JsonlStore(out / "raw" / "forward.jsonl")
-    back_store = JsonlStore(out / "raw" / "backward.jsonl")
-    recovered = fwd_store.recovered + back_store.recovered
-
-    def jid(item, tgt, name):
-        return f"{item.id}|{tgt}|{name}"
+    fwd_store = JsonlStore(run.translation_store("forward"))
+    back_store = JsonlStore(run.translation_store("backward"))
 
     fwd_jobs = [
-        Job(jid(it, tgt, name), text, {"src": cc.source_language, "tgt": tgt})
+        Job(_job_id(it, tgt, name), text, {"src": cc.source_language, "tgt": tgt})
         for items in sources.values()
         for it in items
         for tgt in targets
         for name, text in sample_fields(it).items()
     ]
-    with tqdm(total=len(fwd_jobs), desc="forward ", unit="text", disable=not progress) as bar:
-        bar.update(sum(fwd_store.done(j.id) for j in fwd_jobs))
-        translated_now = _translate_all(fwd_jobs, translator, fwd_store, cc.batch_size, bar.update)
-
-    def ok(store, key):
-        rec = store.records.get(key)
-        return rec["output"] if rec and not rec.get("error") and rec["output"].strip() else None
-
+    translated_now = _translate_direction("forward ", fwd_jobs, translator, fwd_store, cc.batch_size, progress)
     back_jobs = [
-        Job(j.id, ok(fwd_store, j.id), {"src": j.meta["tgt"], "tgt": cc.source_language})
+        Job(j.id, _output(fwd_store, j.id), {"src": j.meta["tgt"], "tgt": cc.source_language})
         for j in fwd_jobs
-        if ok(fwd_store, j.id)
+        if _output(fwd_store, j.id)
     ]
-    with tqdm(total=len(back_jobs), desc="backward", unit="text", disable=not progress) as bar:
-        bar.update(sum(back_store.done(j.id) for j in back_jobs))
-        translated_now += _translate_all(back_jobs, translator, back_store, cc.batch_size, bar.update)
+    translated_now += _translate_direction("backward", back_jobs, translator, back_store, cc.batch_size, progress)
 
+    pairs = _collect_pairs(sources, targets, fwd_store, back_store)
+    _score_pairs([p for p in pairs if p.back is not None], scorer, cc)
+    result = ExpansionResult(
+        run.step_dir("translate"),
+        pairs,
+        translated_now=translated_now,
+        recovered_lines=fwd_store.recovered + back_store.recovered,
+    )
+    _save_expansion(result, run)
+    return result
+
+
+def _job_id(item: Record, tgt: str, field_name: str) -> str:
+    return f"{item.id}|{tgt}|{field_name}"
+
+
+def _output(store: JsonlStore, key: str) -> str | None:
+    """The stored translation under ``key``, or None if it failed or is empty."""
+    rec = store.records.get(key)
+    return rec["output"] if rec and not rec.get("error") and rec["output"].strip() else None
+
+
+def _translate_direction(
+    desc: str, jobs: list[Job], translator: Translator, store: JsonlStore, batch_size: int, progress: bool
+) -> int:
+    """Run one direction's translation jobs with a progress bar; returns how many ran now."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(jobs), desc=desc, unit="text", disable=not progress) as bar:
+        bar.update(sum(store.done(j.id) for j in jobs))
+        return _translate_all(jobs, translator, store, batch_size, bar.update)
+
+
+def _collect_pairs(
+    sources: dict[str, list[Record]], targets: list[str], fwd_store: JsonlStore, back_store: JsonlStore
+) -> list[PairResult]:
+    """One :class:`PairResult` per sample and target language; ``back`` is set only for complete round trips."""
     pairs: list[PairResult] = []
-    to_score: list[PairResult] = []
     for kind, items in sources.items():
         for it in items:
             names = list(sample_fields(it))
             for tgt in targets:
-                fwd = {n: ok(fwd_store, jid(it, tgt, n)) for n in names}
-                back = {n: ok(back_store, jid(it, tgt, n)) for n in names}
+                fwd = {n: _output(fwd_store, _job_id(it, tgt, n)) for n in names}
+                back = {n: _output(back_store, _job_id(it, tgt, n)) for n in names}
                 complete = all(fwd.values()) and all(back.values())
-                pr = PairResult(
-                    kind,
-                    it,
-                    tgt,
-                    fwd if all(fwd.values()) else None,
-                    back if complete else None,
-                    None,
-                    False,
-                    "translation_failed",
+                pairs.append(
+                    PairResult(
+                        kind,
+                        it,
+                        tgt,
+                        fwd if all(fwd.values()) else None,
+                        back if complete else None,
+                        None,
+                        False,
+                        "translation_failed",
+                    )
                 )
-                pairs.append(pr)
-                if complete:
-                    to_score.append(pr)
+    return pairs
+
+
+def _score_pairs(pairs: list[PairResult], scorer: CCTSScorer, cc) -> None:
+    """Score complete round trips with CCTS and decide each one: kept, below threshold or wrong language."""
     scores = scorer.score(
-        ["\n".join(sample_fields(p.source).values()) for p in to_score],
-        ["\n".join(p.back.values()) for p in to_score],
+        ["\n".join(sample_fields(p.source).values()) for p in pairs],
+        ["\n".join(p.back.values()) for p in pairs],
         cc.source_language,
     )
-    for pr, sc in zip(to_score, scores, strict=True):
+    for pr, sc in zip(pairs, scores, strict=True):
         pr.score = sc
         if cc.check_target_language and not is_language("\n".join(pr.translated.values()), pr.target_lang):
             # an untranslated copy makes a perfect round trip: CCTS alone would keep it
@@ -370,46 +386,16 @@ def run_expansion(
             pr.reason = "kept" if sc.ccts >= cc.threshold else "below_threshold"
         pr.kept = pr.reason == "kept"
 
-    result = ExpansionResult(out, pairs, translated_now=translated_now, recovered_lines=recovered)
-    with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:
-        for row in result.rows():
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for kind, name in (("ift", "mmed_ift_translated"), ("mc", "mmed_ift_mc_translated")):
-        kept = [p for p in pairs if p.kind == kind and p.kept]
+
+def _save_expansion(result: ExpansionResult, run: RunLayout) -> None:
+    """Every score into ``run.ccts_scores``; the kept translations of each kind, with their scores, as datasets."""
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows()]
+    atomic_write_text(run.ccts_scores, "".join(lines))
+    for kind, path in (("ift", run.ift_translated), ("mc", run.mc_translated)):
+        kept = [p for p in result.pairs if p.kind == kind and p.kept]
         result.kept[kind] = [rebuild(p.source, p.translated, p.target_lang) for p in kept]
         records = [
             {**item.to_record(), "ccts": p.score.ccts, "bleu": p.score.bleu, "bertscore": p.score.bertscore}
             for item, p in zip(result.kept[kind], kept, strict=True)
         ]
-        save_dataset(records_dataset(records, kind, SCORE_COLUMNS), out / name)
-    return result
-
-
-def load_items(path: str | Path, kind: str) -> list[IFTSample | MCItem]:
-    """Read a dataset saved by notebook 01 or 02 back into records of ``kind``."""
-    from datasets import load_from_disk
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} not found: run the notebook that writes it first")
-    out: list[IFTSample | MCItem] = []
-    for r in load_from_disk(str(path)):
-        if kind == "ift":
-            out.append(
-                IFTSample(r["id"], r["lang"], r["question"], r["answer"], r["source_id"], r["origin"], r["specialty"])
-            )
-        else:
-            out.append(
-                MCItem(
-                    r["id"],
-                    r["lang"],
-                    r["question"],
-                    list(r["options"]),
-                    r["answer"],
-                    r["rationale"],
-                    r["source_id"],
-                    r["origin"],
-                    r["specialty"],
-                )
-            )
-    return out
+        save_dataset(records_dataset(records, kind, SCORE_COLUMNS), path)

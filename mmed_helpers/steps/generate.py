@@ -1,4 +1,6 @@
-"""Medical instruction data from unstructured text: condense -> generate -> parse -> filter -> dedup -> save.
+"""Step 01 (notebook ``01_generate_qa``): medical instruction data from unstructured text.
+
+Condense -> generate -> parse -> filter -> dedup -> save.
 
 The paper's two steps: (1) condense a passage into its key facts; (2) write instruction items from the condensed
 text - free-form question + answer for MMed-IFT, and exam-style multiple choice with a rationale for
@@ -11,7 +13,7 @@ stable id ``<passage id>:<step>:<index>``; a rerun skips ids already there, and 
 dropped (and counted) on the next open. Filtering is a pure function of those files, so it can be rerun with
 other thresholds without generating again::
 
-    >>> result = run_datagen(cfg, run_dir)            # what notebook 01 does, in one call
+    >>> result = run_datagen(cfg, RunLayout(run_dir), backend)   # what notebook 01 does, in one call
     >>> result.reports["ift"].kept, result.reports["ift"].rejected
 """
 
@@ -28,17 +30,16 @@ from typing import Any
 
 import yaml
 
-from .artifacts import atomic_directory
-from .config import DataGenConfig, Profile
-from .corpus import Passage, load_corpus
-from .jobs import Job, JsonlStore, run_jobs
-from .llm import Backend, Completion, GenerationParams
-from .quality import find_duplicates, is_language, support_score, text_length
-from .schema import LETTERS, IFTSample, MCItem
+from ..core.config import DataGenConfig, Profile
+from ..core.corpus import Passage, load_corpus
+from ..core.jobs import Job, JsonlStore, run_jobs
+from ..core.jsonl import read_jsonl
+from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
+from ..core.llm import Backend, Completion, GenerationParams
+from ..core.mcformat import LETTERS, FormatError, options_list
+from ..core.quality import find_duplicates, is_language, support_score, text_length
+from ..core.records import IFTSample, MCItem, Record, save_dataset, to_dataset
 
-DATA_DIR = Path(__file__).parent / "data"
-PROMPTS_DIR = DATA_DIR / "prompts"
-SEEDS_DIR = DATA_DIR / "seeds"
 STEPS = ("condense", "ift", "mc")
 PLACEHOLDER = {"condense": "<<PASSAGE>>", "ift": "<<CONDENSED>>", "mc": "<<CONDENSED>>"}
 
@@ -212,20 +213,16 @@ def parse_ift(text: str) -> dict[str, str]:
 
 def parse_mc(text: str) -> dict[str, Any]:
     obj = extract_json(text)
-    opts = obj.get("options")
-    if isinstance(opts, dict):
-        keys = [str(k).strip().upper() for k in opts]
-        if keys != list(LETTERS[: len(keys)]):
-            raise ParseError("options must be lettered A, B, C, ... in order")
-        opts = list(opts.values())
-    if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
-        raise ParseError("options must be a mapping of letters to strings")
+    try:
+        opts = options_list(obj.get("options"))
+    except FormatError as exc:
+        raise ParseError(str(exc)) from None
     for key in ("question", "answer", "rationale"):
         if not isinstance(obj.get(key), str):
             raise ParseError(f"needs a string field {key!r}")
     return {
         "question": obj["question"].strip(),
-        "options": [o.strip() for o in opts],
+        "options": opts,
         "answer": obj["answer"].strip().rstrip(".").upper(),
         "rationale": obj["rationale"].strip(),
     }
@@ -328,41 +325,37 @@ def validate(kind: str, fields: dict[str, Any], lang: str, source: str | None, c
     return None
 
 
-def load_seeds(kind: str, languages: Iterable[str], seeds_dir: Path | str = SEEDS_DIR) -> list[IFTSample | MCItem]:
+def load_seeds(kind: str, languages: Iterable[str], seeds_dir: Path | str = SEEDS_DIR) -> list[Record]:
     """The hand-written seed items of ``kind`` for ``languages``."""
-    items: list[IFTSample | MCItem] = []
+    items: list[Record] = []
     for lang in languages:
         path = Path(seeds_dir) / kind / f"{lang}.jsonl"
         if not path.is_file():
             raise DataGenError(f"no {kind} seeds for language {lang!r}: expected {path}")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for line in read_jsonl(path):
+            if line.error:
+                raise DataGenError(f"{line.where}: malformed seed ({line.error})")
             try:
-                r = json.loads(line)
-                if kind == "ift":
-                    items.append(
-                        IFTSample(r["id"], lang, r["question"], r["answer"], "", "seed", r.get("specialty", ""))
-                    )
-                else:
-                    opts = r["options"]
-                    options = [opts[k] for k in sorted(opts)] if isinstance(opts, dict) else list(opts)
-                    items.append(
-                        MCItem(
-                            r["id"],
-                            lang,
-                            r["question"],
-                            options,
-                            r["answer"],
-                            r["rationale"],
-                            "",
-                            "seed",
-                            r.get("specialty", ""),
-                        )
-                    )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataGenError(f"{path.name}:{n}: malformed seed ({type(exc).__name__}: {exc})") from None
+                items.append(_seed(kind, lang, line.record))
+            except (KeyError, TypeError, FormatError) as exc:
+                raise DataGenError(f"{line.where}: malformed seed ({type(exc).__name__}: {exc})") from None
     return items
+
+
+def _seed(kind: str, lang: str, r: dict[str, Any]) -> Record:
+    if kind == "ift":
+        return IFTSample(r["id"], lang, r["question"], r["answer"], "", "seed", r.get("specialty", ""))
+    return MCItem(
+        r["id"],
+        lang,
+        r["question"],
+        options_list(r["options"]),
+        r["answer"],
+        r["rationale"],
+        "",
+        "seed",
+        r.get("specialty", ""),
+    )
 
 
 def filter_items(
@@ -370,33 +363,47 @@ def filter_items(
     raw: Iterable[dict[str, Any]],
     passages: dict[str, Passage],
     cfg: DataGenConfig,
-    seeds: Sequence[IFTSample | MCItem] = (),
+    seeds: Sequence[Record] = (),
     condensed_missing: Iterable[Passage] = (),
-) -> tuple[list[IFTSample | MCItem], FilterReport]:
+) -> tuple[list[Record], FilterReport]:
     """Parse, validate and deduplicate generated outputs of ``kind``; seeds go first and win duplicates.
 
     Every raw record ends up either kept or counted under exactly one reason in the report.
     """
     report = FilterReport(kind)
-    parse = parse_ift if kind == "ift" else parse_mc
-    candidates: list[IFTSample | MCItem] = []
-    outputs: dict[str, str] = {}
     for p in condensed_missing:
         report.reject("no_condensed_text", p.lang, f"{p.id}:condense:0", "")
+    candidates = _valid_seeds(kind, seeds, cfg, report)
+    report.seeds = len(candidates)
+    generated, outputs = _valid_generated(kind, raw, passages, cfg, report)
+    return _deduplicate(candidates + generated, outputs, cfg, report), report
+
+
+def _seed_fields(seed: Record) -> dict[str, Any]:
+    if isinstance(seed, IFTSample):
+        return {"question": seed.question, "answer": seed.answer}
+    return {"question": seed.question, "options": seed.options, "answer": seed.answer, "rationale": seed.rationale}
+
+
+def _valid_seeds(kind: str, seeds: Sequence[Record], cfg: DataGenConfig, report: FilterReport) -> list[Record]:
+    """The seeds that pass validation (no source-support check: they are hand-written); the rest rejected."""
+    kept = []
     for seed in seeds:
-        fields = {
-            "question": seed.question,
-            **(
-                {"answer": seed.answer}
-                if kind == "ift"
-                else {"options": seed.options, "answer": seed.answer, "rationale": seed.rationale}
-            ),
-        }
+        fields = _seed_fields(seed)
         if reason := validate(kind, fields, seed.lang, None, cfg):
             report.reject(reason, seed.lang, seed.id, json.dumps(fields, ensure_ascii=False))
         else:
-            candidates.append(seed)
-    report.seeds = len(candidates)
+            kept.append(seed)
+    return kept
+
+
+def _valid_generated(
+    kind: str, raw: Iterable[dict[str, Any]], passages: dict[str, Passage], cfg: DataGenConfig, report: FilterReport
+) -> tuple[list[Record], dict[str, str]]:
+    """Generated outputs of ``kind`` that parse and validate, as items, with their raw outputs by id."""
+    parse = parse_ift if kind == "ift" else parse_mc
+    items: list[Record] = []
+    outputs: dict[str, str] = {}
     for rec in sorted(raw, key=lambda r: r["id"]):
         if rec["step"] != kind:
             continue
@@ -414,24 +421,31 @@ def filter_items(
         if reason := validate(kind, fields, lang, source.text, cfg):
             report.reject(reason, lang, rid, out)
             continue
-        if kind == "ift":
-            item: IFTSample | MCItem = IFTSample(
-                rid, lang, fields["question"], fields["answer"], source.id, "generated", source.specialty
-            )
-        else:
-            item = MCItem(
-                rid,
-                lang,
-                fields["question"],
-                fields["options"],
-                fields["answer"],
-                fields["rationale"],
-                source.id,
-                "generated",
-                source.specialty,
-            )
+        items.append(_generated_item(kind, rid, lang, fields, source))
         outputs[rid] = out
-        candidates.append(item)
+    return items, outputs
+
+
+def _generated_item(kind: str, rid: str, lang: str, fields: dict[str, Any], source: Passage) -> Record:
+    if kind == "ift":
+        return IFTSample(rid, lang, fields["question"], fields["answer"], source.id, "generated", source.specialty)
+    return MCItem(
+        rid,
+        lang,
+        fields["question"],
+        fields["options"],
+        fields["answer"],
+        fields["rationale"],
+        source.id,
+        "generated",
+        source.specialty,
+    )
+
+
+def _deduplicate(
+    candidates: list[Record], outputs: dict[str, str], cfg: DataGenConfig, report: FilterReport
+) -> list[Record]:
+    """Drop exact and near duplicates of an earlier candidate (earlier wins: seeds come first)."""
     dups = find_duplicates([_dedup_text(c) for c in candidates], threshold=cfg.near_duplicate_threshold)
     kept = []
     for i, item in enumerate(candidates):
@@ -443,53 +457,20 @@ def filter_items(
         else:
             kept.append(item)
             report.keep(item.lang)
-    return kept, report
+    return kept
 
 
-def _dedup_text(item: IFTSample | MCItem) -> str:
+def _dedup_text(item: Record) -> str:
     return item.question if isinstance(item, IFTSample) else item.question + " " + " ".join(item.options)
 
 
-# --------------------------------------------------------------------------- datasets and the whole step
-
-
-def records_dataset(records: Sequence[dict[str, Any]], kind: str, float_columns: Sequence[str] = ()):
-    """A Hugging Face ``Dataset`` of ``kind`` records (``to_record`` dicts) with explicit column types, so an
-    empty set keeps its columns. ``float_columns`` are extra numeric columns (e.g. scores)."""
-    from datasets import Dataset, Features, Sequence, Value
-
-    text = Value("string")
-    cols: dict[str, Any] = {"id": text, "lang": text, "question": text}
-    cols.update({"answer": text} if kind == "ift" else {"options": Sequence(text), "answer": text, "rationale": text})
-    cols.update(
-        {
-            "source_id": text,
-            "origin": text,
-            "specialty": text,
-            "kind": text,
-            "messages": [{"role": text, "content": text}],
-        }
-    )
-    cols.update({name: Value("float64") for name in float_columns})
-    return Dataset.from_dict({name: [r[name] for r in records] for name in cols}, features=Features(cols))
-
-
-def to_dataset(items: Sequence[IFTSample | MCItem], kind: str):
-    """A Hugging Face ``Dataset`` in chat form (``messages``) plus the structured fields."""
-    return records_dataset([it.to_record() for it in items], kind)
-
-
-def save_dataset(dataset, path: str | Path) -> Path:
-    """``save_to_disk`` into a temporary sibling, then swap it in: a crash never leaves half a dataset."""
-    with atomic_directory(path) as tmp:
-        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)  # an empty set still gets a file
-    return Path(path)
+# --------------------------------------------------------------------------- the whole step
 
 
 @dataclass
 class DatagenResult:
     out_dir: Path
-    items: dict[str, list[IFTSample | MCItem]]
+    items: dict[str, list[Record]]
     reports: dict[str, FilterReport]
     generated_now: int
     recovered_lines: int
@@ -498,34 +479,52 @@ class DatagenResult:
 
 def run_datagen(
     cfg: Profile,
-    out_dir: str | Path,
+    run: RunLayout,
     backend: Backend,
     progress: bool = True,
     passages: Sequence[Passage] | None = None,
 ) -> DatagenResult:
-    """Condense, generate, filter and save both datasets into ``out_dir`` (``mmed_ift``, ``mmed_ift_mc``).
+    """Condense, generate, filter and save both datasets into the run (``run.ift``, ``run.mc``).
 
-    Resumable: outputs already in ``out_dir/raw/*.jsonl`` are not generated again.
+    Resumable: outputs already in the run's generation stores are not generated again.
     """
+    dg = cfg.datagen
+    if passages is None:
+        passages = select_passages(load_corpus(cfg.languages), dg.passages_per_language)
+    passages = list(passages)
+    stores = {step: JsonlStore(run.generation_store(step)) for step in STEPS}
+    recovered = sum(s.recovered for s in stores.values())
+    jobs, generated = _generate_all(cfg, passages, backend, stores, progress)
+    condensed = condensed_texts(stores["condense"])
+    missing = [p for p in passages if p.id not in condensed]
+
+    by_id = {p.id: p for p in passages}
+    items, reports = {}, {}
+    for kind, path in (("ift", run.ift), ("mc", run.mc)):
+        seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
+        wanted = {j.id for j in jobs[kind]}  # this run's items only, even if the store holds more
+        raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
+        kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
+        if not kept:
+            raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
+        save_dataset(to_dataset(kept, kind), path)
+        items[kind], reports[kind] = kept, report
+    return DatagenResult(run.step_dir("generate"), items, reports, generated, recovered, backend.describe())
+
+
+def _generate_all(
+    cfg: Profile, passages: list[Passage], backend: Backend, stores: dict[str, JsonlStore], progress: bool
+) -> tuple[dict[str, list[Job]], int]:
+    """Run the three generation steps in order (items need the condensed texts); returns each step's jobs and
+    how many outputs were generated now."""
     from tqdm.auto import tqdm
 
     dg = cfg.datagen
-    out = Path(out_dir)
-    passages = (
-        list(passages)
-        if passages is not None
-        else select_passages(load_corpus(cfg.languages), dg.passages_per_language)
-    )
-    by_id = {p.id: p for p in passages}
-    params = GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed)
-    stores = {step: JsonlStore(out / "raw" / f"{step}.jsonl") for step in STEPS}
-    recovered = sum(s.recovered for s in stores.values())
-
+    worker = chat_worker(backend, GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed))
     per_passage = {"ift": dg.ift_per_passage, "mc": dg.mc_per_passage}
-    worker = chat_worker(backend, params)
     generated = 0
     jobs_by_step: dict[str, list[Job]] = {}
-    for step in STEPS:  # items need the condensed texts, so the steps run in order
+    for step in STEPS:
         if step == "condense":
             jobs = condense_jobs(passages)
         else:
@@ -534,20 +533,7 @@ def run_datagen(
         with tqdm(total=len(jobs), desc=f"{step:8s}", unit="item", disable=not progress) as bar:
             bar.update(sum(stores[step].done(j.id) for j in jobs))
             generated += run_jobs(jobs, worker, stores[step], dg.batch_size, bar.update)
-    condensed = condensed_texts(stores["condense"])
-    missing = [p for p in passages if p.id not in condensed]
-
-    items, reports = {}, {}
-    for kind, name in (("ift", "mmed_ift"), ("mc", "mmed_ift_mc")):
-        seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
-        wanted = {j.id for j in jobs_by_step[kind]}  # this run's items only, even if the store holds more
-        raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
-        kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
-        if not kept:
-            raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
-        save_dataset(to_dataset(kept, kind), out / name)
-        items[kind], reports[kind] = kept, report
-    return DatagenResult(out, items, reports, generated, recovered, backend.describe())
+    return jobs_by_step, generated
 
 
 def prompt_hashes(languages: Iterable[str], prompts_dir: Path | str = PROMPTS_DIR) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The cycle-consistency translation score (CCTS): how close a back-translation is to its source.
+"""Step 02 (notebook ``02_translate_ccts``): the cycle-consistency translation score (CCTS), how close a
+back-translation is to its source.
 
 A sample is translated source -> target -> source; if the round trip lands close to where it started, the
 forward translation probably kept the meaning. The paper builds CCTS from BLEU and BERTScore between the source
@@ -27,7 +28,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-BLEU_TOKENIZERS = {"en": "13a", "fr": "intl", "es": "intl", "ru": "intl", "zh": "zh", "ja": "ja-mecab"}
+from ..core.languages import TABLE
+
+BLEU_TOKENIZERS = {code: row.bleu_tokenizer for code, row in TABLE.items()}
+"""Language -> sacrebleu tokeniser (from the language table)."""
 PACKAGED_MINILM = "packaged-minilm"
 
 

@@ -4,7 +4,7 @@ Every notebook parameter has exactly one home here. A profile is a YAML file in 
 (``smoke``, ``colab``, ``full``) or any YAML file path; notebooks and the runner override single fields with
 dotted keys::
 
-    >>> from mmed_helpers.config import load_profile
+    >>> from mmed_helpers.core.config import load_profile
     >>> cfg = load_profile("full", overrides={"stage1.learning_rate": 5e-5})
     >>> cfg.stage1.method, cfg.stage1.r, cfg.stage1.lora_alpha
     ('dora', 32, 16)
@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
-LANGUAGES = ("en", "zh", "ja", "fr", "ru", "es")
+from .languages import LANGUAGES
+from .layout import PROFILE_DIR
+
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 

@@ -1,9 +1,11 @@
 """What every notebook does first: load its profile, set the process up, and know where its artifacts go.
 
-    >>> from mmed_helpers.notebook import start
-    >>> step = start("00_setup", profile="smoke", run_dir="/tmp/run", overrides={"seed": 1})
+    >>> from mmed_helpers.core.notebook import start
+    >>> step = start("setup", profile="smoke", run_dir="/tmp/run", overrides={"seed": 1})
     >>> step.out_dir.name, step.cfg.seed
     ('00_setup', 1)
+    >>> step.run.ift                          # every artifact of the run, by name (core.layout)
+    PosixPath('/tmp/run/01_generate_qa/mmed_ift')
 
 Importing this module is cheap (no torch), so it can run before anything reads ``HF_HUB_OFFLINE``.
 """
@@ -20,32 +22,8 @@ from typing import Any
 
 from .artifacts import write_manifest
 from .config import Profile, load_profile
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-QUIET_ENV = {"UNSLOTH_DISABLE_STATISTICS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def runtime_env(profile: Profile) -> dict[str, str]:
-    """Environment variables a run of ``profile`` needs (offline switches for offline profiles)."""
-    env = dict(QUIET_ENV)
-    if profile.offline:
-        env.update(OFFLINE_ENV)
-    return env
-
-
-def project_root(start_dir: str | Path | None = None) -> Path:
-    """The course checkout holding ``notebooks/`` (searched upwards from ``start_dir``), else ``start_dir``."""
-    here = Path(start_dir or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "notebooks").is_dir() and (d / "mmed_helpers").is_dir():
-            return d
-    return here
-
-
-def default_run_dir(profile_name: str) -> Path:
-    """``$MMED_RUNS_DIR/<profile>`` if set, else ``<project root>/runs/<profile>``."""
-    base = os.environ.get("MMED_RUNS_DIR")
-    return (Path(base) if base else project_root() / "runs") / profile_name
+from .flags import runtime_env
+from .layout import RunLayout, default_run_dir, step_folder
 
 
 def seed_everything(seed: int) -> None:
@@ -67,14 +45,19 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Step:
-    """A notebook's handle on its run: profile, run directory and its own output folder."""
+    """A notebook's handle on its run: profile, the run's layout and the step's own output folder."""
 
     name: str
+    """The step's folder (and notebook) name, e.g. ``03_stage1_dora``."""
     cfg: Profile
-    run_dir: Path
+    run: RunLayout
     out_dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root
 
     def write_manifest(self, **kwargs: Any) -> Path:
         """``manifest.json`` in ``out_dir`` with the full resolved profile, the overrides and the wall time."""
@@ -92,16 +75,18 @@ class Step:
 
 
 def start(
-    name: str,
+    step: str,
     profile: str = "smoke",
     run_dir: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Step:
-    """Load ``profile`` with ``overrides``, set environment and seeds, and create ``<run_dir>/<name>/``."""
+    """Load ``profile`` with ``overrides``, set environment and seeds, and create the folder of ``step`` (a key
+    of :data:`~mmed_helpers.core.layout.STEPS`: ``setup``, ``generate``, ``translate``, ``stage1``, ...)."""
+    folder = step_folder(step)
     cfg = load_profile(profile, overrides=overrides)
     os.environ.update(runtime_env(cfg))
     seed_everything(cfg.seed)
-    run = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(cfg.name).resolve()
-    out = run / name
+    run = RunLayout(run_dir if run_dir else default_run_dir(cfg.name))
+    out = run.step_dir(step)
     out.mkdir(parents=True, exist_ok=True)
-    return Step(name=name, cfg=cfg, run_dir=run, out_dir=out, overrides=dict(overrides or {}))
+    return Step(name=folder, cfg=cfg, run=run, out_dir=out, overrides=dict(overrides or {}))

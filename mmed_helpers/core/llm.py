@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .device import default_device, resolve_dtype
+
 Messages = list[dict[str, str]]
 
 
@@ -69,17 +71,16 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, model: str | Path, batch_size: int = 8, dtype: str = "auto", device: str | None = None):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_name = str(model)
         self.batch_size = max(1, int(batch_size))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
         self.tokenizer.padding_side = "left"  # generation continues from the right edge
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = _resolve_dtype(dtype, self.device)
+        torch_dtype = resolve_dtype(dtype, self.device)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
 
     @classmethod
@@ -128,16 +129,6 @@ class LocalBackend:
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             results.append(Completion(text=text, completion_tokens=len(ids)))
         return results
-
-
-def _resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, dtype)
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible endpoint

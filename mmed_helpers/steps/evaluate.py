@@ -1,4 +1,5 @@
-"""Multiple-choice evaluation on MedQA, MedMCQA, PubMedQA and MMedBench, per language.
+"""Step 05 (notebook ``05_evaluate``): multiple-choice evaluation on MedQA, MedMCQA, PubMedQA and MMedBench,
+per language.
 
 **Loaders** turn each benchmark's public format into one :class:`EvalItem` type, from local files (JSON, JSONL
 or Parquet; the course bundles small sets written in each format) or, online, from the Hugging Face Hub. A
@@ -14,8 +15,9 @@ record that does not fit its format is skipped and reported with its line number
   choices are scored from one forward pass. Multi-answer items (MMedBench Japanese/French) have no
   single-choice likelihood answer and are left to the generation protocol.
 * ``generate`` - the item is asked in the model's chat template, in its own language, exactly as stage 2 trained
-  on it; the answer letters are extracted from the reply (``Answer: B``, ``答案：C``, ``答え：A,C``, a leading
-  ``B.`` ...). An item is correct when the extracted set equals the gold set.
+  on it (:func:`~mmed_helpers.core.mcformat.mc_prompt`); the answer letters are extracted from the reply
+  (:func:`~mmed_helpers.core.mcformat.extract_answers`: (``Answer: B``, ``答案：C``, ``答え：A,C``, a leading
+  ``B.`` ...)). An item is correct when the extracted set equals the gold set.
 
 Accuracy comes with a 95 % Wilson interval: on 20 items a model at 50 % could be anywhere from about 30 % to 70 %.
 """
@@ -24,24 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import LETTERS, MC_LABELS
+from ..core.device import default_device, resolve_dtype
+from ..core.jsonl import read_jsonl
+from ..core.languages import TABLE
+from ..core.layout import EVAL_DIR, RunLayout
+from ..core.mcformat import LETTERS, FormatError, answer_letters, extract_answers, mc_prompt, option_lines, options_list
 
-EVAL_DIR = Path(__file__).parent / "data" / "eval"
-ALL_LETTERS = "ABCDEFGHIJ"
-MMEDBENCH_FILES = {
-    "en": "English",
-    "zh": "Chinese",
-    "ja": "Japanese",
-    "fr": "French",
-    "ru": "Russian",
-    "es": "Spanish",
-}
 HUB = {
     "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
     "medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
@@ -74,7 +69,7 @@ class EvalItem:
 
     @property
     def letters(self) -> str:
-        return ALL_LETTERS[: len(self.options)]
+        return LETTERS[: len(self.options)]
 
     @property
     def multi(self) -> bool:
@@ -83,26 +78,11 @@ class EvalItem:
     def loglik_context(self) -> str:
         """The lm-evaluation-harness style prompt; choices are the continuations ``" A"``, ``" B"``, ..."""
         head = f"Abstract: {self.context}\n" if self.context else ""
-        opts = "\n".join(f"{ALL_LETTERS[i]}. {o}" for i, o in enumerate(self.options))
-        return f"{head}Question: {self.question}\n{opts}\nAnswer:"
+        return f"{head}Question: {self.question}\n{option_lines(self.options)}\nAnswer:"
 
     def chat_prompt(self) -> str:
-        """The question as stage 2 trained on it (stem, lettered options, instruction in the item's language)."""
-        labels = MC_LABELS.get(self.lang, MC_LABELS["en"])
-        head = f"{self.context}\n\n" if self.context else ""
-        opts = "\n".join(f"{ALL_LETTERS[i]}. {o}" for i, o in enumerate(self.options))
-        ask = labels["ask"] if not self.multi else MULTI_ASK.get(self.lang, MULTI_ASK["en"])
-        return f"{head}{self.question}\n\n{opts}\n\n{ask}"
-
-
-MULTI_ASK = {
-    "en": "Choose all correct answers.",
-    "zh": "请选出所有正确答案。",
-    "ja": "正しいものをすべて選べ。",
-    "fr": "Choisissez toutes les réponses exactes.",
-    "ru": "Выберите все правильные ответы.",
-    "es": "Elija todas las respuestas correctas.",
-}
+        """The question exactly as stage 2 trains on it (:func:`~mmed_helpers.core.mcformat.mc_prompt`)."""
+        return mc_prompt(self.question, self.options, self.lang, multi=self.multi, context=self.context)
 
 
 @dataclass
@@ -131,25 +111,20 @@ def _options_dict(rec: dict) -> list[str]:
     opts = rec.get("options")
     if not isinstance(opts, dict) or len(opts) < 2:
         raise _Bad("field 'options' must map letters to texts")
-    keys = [str(k).strip().upper() for k in opts]
-    if keys != list(ALL_LETTERS[: len(keys)]):
-        raise _Bad(f"options must be lettered A, B, ... in order, got {keys}")
-    texts = [str(v).strip() for v in opts.values()]
+    try:
+        texts = options_list({k: str(v) for k, v in opts.items()})
+    except FormatError as exc:
+        raise _Bad(str(exc)) from None
     if any(not t for t in texts):
         raise _Bad("an option is empty")
     return texts
 
 
 def _letters(value: Any, n: int) -> list[str]:
-    if not isinstance(value, str):
-        raise _Bad(f"answer_idx must be a string of letters, got {value!r}")
-    letters = [x for x in re.split(r"[,\s;]+", value.strip().upper()) if x]
-    if len(letters) == 1 and len(letters[0]) > 1 and letters[0].isalpha():
-        letters = list(letters[0])  # "AC"
-    valid = ALL_LETTERS[:n]
-    if not letters or any(x not in valid for x in letters) or len(set(letters)) != len(letters):
-        raise _Bad(f"answer_idx {value!r} is not one or more of the option letters {valid}")
-    return sorted(letters)
+    try:
+        return answer_letters(value, n)
+    except FormatError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def convert(benchmark: str, rec: dict, rid: str, lang: str = "en") -> EvalItem:
@@ -183,7 +158,7 @@ def convert(benchmark: str, rec: dict, rid: str, lang: str = "en") -> EvalItem:
         decision = str(rec.get("final_decision", "")).strip().lower()
         if decision not in ("yes", "no", "maybe"):
             raise _Bad(f"final_decision must be yes, no or maybe, got {rec.get('final_decision')!r}")
-        answer = "ABC"["yes no maybe".split().index(decision)]
+        answer = LETTERS["yes no maybe".split().index(decision)]
         pid = str(rec.get("pubid") or rid)
         return EvalItem(
             pid,
@@ -205,6 +180,10 @@ def convert(benchmark: str, rec: dict, rid: str, lang: str = "en") -> EvalItem:
 # --------------------------------------------------------------------------- readers
 
 
+def _mmedbench_file(lang: str) -> str:
+    return TABLE[lang].mmedbench_file if lang in TABLE else lang
+
+
 def read_records(path: Path) -> list[tuple[str, Any]]:
     """(``file:line``, record) pairs from a JSONL, JSON (list) or Parquet file. A JSONL line that is not valid
     JSON comes back as the record ``_Bad`` so the caller counts it."""
@@ -215,15 +194,7 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         return [(f"{path.name}:{i + 1}", r) for i, r in enumerate(json.loads(text))]
-    out: list[tuple[str, Any]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path.name}:{n}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            out.append((f"{path.name}:{n}", _Bad(f"not valid JSON ({exc.msg})")))
-    return out
+    return [(line.where, _Bad(line.error) if line.error else line.record) for line in read_jsonl(path)]
 
 
 def _convert_all(benchmark: str, records: Iterable[tuple[str, Any]], lang: str, result: LoadResult) -> None:
@@ -265,7 +236,7 @@ def load_benchmark(
         raise EvalError(f"{benchmark} source {path} not found; give a file or folder in its public format")
     if benchmark == "mmedbench":
         for lang in languages:
-            name = MMEDBENCH_FILES.get(lang, lang)
+            name = _mmedbench_file(lang)
             files = [path] if path.is_file() else sorted(p for p in path.glob(f"{name}.*") if p.is_file())
             if not files:
                 result.skipped.append((f"{path}/{name}.jsonl", "no file for this language"))
@@ -292,10 +263,10 @@ def _load_hub(benchmark: str, languages: Sequence[str], offline: bool, result: L
 
         root = Path(snapshot_download(repo, repo_type="dataset"))
         for lang in languages:
-            found = sorted(root.rglob(f"{MMEDBENCH_FILES.get(lang, lang)}.jsonl"))
+            found = sorted(root.rglob(f"{_mmedbench_file(lang)}.jsonl"))
             test = [p for p in found if "test" in str(p).lower()] or found
             if not test:
-                result.skipped.append((f"{repo}/{MMEDBENCH_FILES.get(lang, lang)}.jsonl", "not in the download"))
+                result.skipped.append((f"{repo}/{_mmedbench_file(lang)}.jsonl", "not in the download"))
                 continue
             _convert_all(benchmark, read_records(test[0]), lang, result)
         return result
@@ -340,11 +311,11 @@ class ChoiceScores:
 
     @property
     def pred(self) -> str:
-        return ALL_LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i])]
+        return LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i])]
 
     @property
     def pred_norm(self) -> str:
-        return ALL_LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i] / self.lengths[i])]
+        return LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i] / self.lengths[i])]
 
 
 def loglik_scores(
@@ -406,30 +377,6 @@ def loglik_scores(
 # --------------------------------------------------------------------------- scoring: generation
 
 
-_HOMOGLYPHS = str.maketrans(
-    {"А": "A", "В": "B", "С": "C", "Е": "E", "Ａ": "A", "Ｂ": "B", "Ｃ": "C", "Ｄ": "D", "Ｅ": "E"}
-)
-_LABELS = r"(?i:answers?|réponses?|respuestas?|ответы?|答案|答え|解答|正解|選択肢)"
-_LIST = r"([A-J](?:\s*(?:,|、|，|and|et|y|и|和|と)\s*[A-J])*)"
-
-
-def extract_answers(text: str, n_options: int) -> list[str]:
-    """The answer letters in a model's reply (empty list if none can be found).
-
-    Looks for a labelled answer first (``Answer: B``, ``Réponse : A et C``, ``答案：C``, ``答え：A、D``), then a
-    letter at the start of the reply (``B.``, ``(B)``, ``B``). Fullwidth and Cyrillic look-alike letters count.
-    """
-    t = text.translate(_HOMOGLYPHS)
-    valid = ALL_LETTERS[:n_options]
-    m = re.search(_LABELS + r"\s*[:：]?\s*\(?" + _LIST + r"(?![A-Za-z])", t)
-    if m is None:
-        m = re.match(r"\s*\(?" + _LIST + r"(?:[).:\s]|$)", t)
-    if m is None:
-        return []
-    letters = sorted(set(re.findall(r"[A-J]", m.group(1))))  # separators (et, and, и, ...) are lower case
-    return letters if all(x in valid for x in letters) else []
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -478,7 +425,7 @@ def evaluate_model(
     if "generate" in protocols:
         from tqdm.auto import tqdm
 
-        from .llm import GenerationParams, LocalBackend
+        from ..core.llm import GenerationParams, LocalBackend
 
         backend = LocalBackend.from_loaded(model, tokenizer, batch_size=batch_size, name=name)
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -531,14 +478,11 @@ def summarize(results: Iterable[ItemResult]) -> list[dict[str, Any]]:
 
 def load_eval_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "auto"):
     """A model for evaluation (transformers, no Unsloth): ``path``, plus a LoRA adapter on top if given."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .train import resolve_dtype
-
     tok = AutoTokenizer.from_pretrained(str(adapter or path))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype)).to(device)
+    device = default_device()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, device)).to(device)
     if adapter is not None:
         from peft import PeftModel
 
@@ -547,7 +491,7 @@ def load_eval_model(path: str | Path, adapter: str | Path | None = None, dtype: 
 
 
 def results_to_json(rows: list[dict], items: list[ItemResult], path: Path) -> Path:
-    from .artifacts import atomic_write_text
+    from ..core.artifacts import atomic_write_text
 
     return atomic_write_text(
         path, json.dumps({"summary": rows, "items": [asdict(i) for i in items]}, ensure_ascii=False, indent=1) + "\n"
@@ -562,29 +506,27 @@ def summarize_overall(results: Iterable[ItemResult]) -> list[dict[str, Any]]:
     return summarize(pooled)
 
 
-def model_sources(run_dir: str | Path, names: Sequence[str]) -> dict[str, tuple[Path, Path | None]]:
-    """Where each model of the comparison lives in a run: ``name -> (model dir, adapter dir or None)``.
+MODELS: dict[str, tuple[str, str | None]] = {
+    "base": ("base", None),
+    "stage1": ("stage1_merged", None),
+    "stage2": ("stage1_merged", "stage2_adapter"),
+    "single_stage": ("base", "single_stage_adapter"),
+}
+"""The models of the comparison: name -> (weights, adapter on top or None), as run artifacts (``base`` is the
+base model notebook 00 recorded)."""
+
+
+def model_sources(run: RunLayout, names: Sequence[str]) -> dict[str, tuple[Path, Path | None]]:
+    """Where each model of the comparison lives in the run: ``name -> (model dir, adapter dir or None)``.
 
     ``base`` (notebook 00), ``stage1`` (the merged model of notebook 03), ``stage2`` (stage 1 + the adapter of
-    notebook 04), ``single_stage`` (base + the ablation adapter in ``05_evaluate/single_stage``)."""
-    from .base_model import resolve_base_model
-
-    run = Path(run_dir)
-    base = Path(resolve_base_model(run).path)
-    table = {
-        "base": (base, None, "00_setup"),
-        "stage1": (run / "03_stage1_dora" / "merged", None, "03_stage1_dora"),
-        "stage2": (run / "03_stage1_dora" / "merged", run / "04_stage2_qlora" / "train" / "adapter", "04_stage2_qlora"),
-        "single_stage": (base, run / "05_evaluate" / "single_stage" / "adapter", "05_evaluate (single-stage ablation)"),
-    }
+    notebook 04), ``single_stage`` (base + the ablation adapter trained in notebook 05). A missing one raises
+    the layout's error naming the notebook to run."""
     out = {}
     for name in names:
-        if name not in table:
-            raise EvalError(f"unknown model {name!r}; choose from {sorted(table)}")
-        model, adapter, notebook = table[name]
-        if not (model / "config.json").is_file() or (
-            adapter is not None and not (adapter / "adapter_config.json").is_file()
-        ):
-            raise EvalError(f"model {name!r} not found at {adapter or model}; run notebook {notebook} first")
-        out[name] = (model, adapter)
+        if name not in MODELS:
+            raise EvalError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        weights, adapter = MODELS[name]
+        model_dir = Path(run.base_model().path) if weights == "base" else run.require(weights)
+        out[name] = (model_dir, run.require(adapter) if adapter else None)
     return out

@@ -4,7 +4,7 @@ A run lives in one folder (``runs/<profile>/`` by default). Each notebook writes
 subfolder with a ``manifest.json`` beside them: profile, parameters, seed, input hashes, package versions and
 timings, so every artifact says how it was made::
 
-    >>> from mmed_helpers.artifacts import write_manifest
+    >>> from mmed_helpers.core.artifacts import write_manifest
     >>> write_manifest("/tmp/run/00_setup", step="00_setup", profile="smoke", parameters={"seed": 42})
     PosixPath('/tmp/run/00_setup/manifest.json')
 """

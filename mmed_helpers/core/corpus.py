@@ -3,7 +3,7 @@
 Each language is one JSON Lines file ``mmed_helpers/data/corpus/<lang>.jsonl``; a line holds ``id``, ``lang``,
 ``specialty`` (an English label), ``title`` and ``text`` (paragraphs separated by a blank line)::
 
-    >>> from mmed_helpers.corpus import load_corpus
+    >>> from mmed_helpers.core.corpus import load_corpus
     >>> passages = load_corpus(["en"])
     >>> passages[0].id, len(passages[0].paragraphs) >= 3
     ('en-001', True)
@@ -11,15 +11,15 @@ Each language is one JSON Lines file ``mmed_helpers/data/corpus/<lang>.jsonl``; 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LANGUAGES
+from .jsonl import read_jsonl
+from .languages import LANGUAGES
+from .layout import CORPUS_DIR
 
-CORPUS_DIR = Path(__file__).parent / "data" / "corpus"
 _FIELDS = ("id", "lang", "specialty", "title", "text")
 
 
@@ -55,14 +55,12 @@ def load_corpus(languages: Iterable[str] | None = None, corpus_dir: Path | str =
         path = corpus_path(lang, Path(corpus_dir))
         if not path.is_file():
             raise CorpusError(f"no corpus file for language {lang!r}: expected {path}")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"{where}: not valid JSON ({exc.msg})") from None
+        for line in read_jsonl(path):
+            where, rec = line.where, line.record
+            if line.error:
+                raise CorpusError(f"{where}: {line.error}")
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{where}: not a JSON object")
             missing = [f for f in _FIELDS if not isinstance(rec.get(f), str) or not rec[f].strip()]
             if missing:
                 raise CorpusError(f"{where}: missing or empty field(s) {missing}")

@@ -7,8 +7,8 @@ template. The model has random weights drawn from a fixed seed: it exercises eve
 
 Same configuration and seed give the same bytes on disk::
 
-    >>> from mmed_helpers.config import TinyModelConfig
-    >>> from mmed_helpers.tiny import build_tiny_model
+    >>> from mmed_helpers.core.config import TinyModelConfig
+    >>> from mmed_helpers.core.tiny import build_tiny_model
     >>> path = build_tiny_model("/tmp/tiny-llama", TinyModelConfig())   # well under a second
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from .artifacts import atomic_directory
 from .config import TinyModelConfig
 from .corpus import load_corpus
+from .languages import TABLE
 
 BOS, EOS_TEXT, START_HEADER, END_HEADER, EOT, PAD = (
     "<|begin_of_text|>",
@@ -188,17 +189,6 @@ def _cfg_dict(cfg: TinyModelConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-NLLB_CODES = {
-    "en": "eng_Latn",
-    "zh": "zho_Hans",
-    "ja": "jpn_Jpan",
-    "fr": "fra_Latn",
-    "ru": "rus_Cyrl",
-    "es": "spa_Latn",
-}
-"""NLLB-200's language codes for the course's six languages."""
-
-
 def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False) -> Path:
     """A tiny NLLB-style translation model (M2M-100 architecture, random weights) with the course tokenizer
     plus NLLB language-code tokens, built offline. It exercises the seq2seq translator path; its output is
@@ -211,7 +201,7 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
     if _reusable(out, want, overwrite, "tiny seq2seq model"):
         return out
     tokenizer = train_tokenizer(cfg)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(NLLB_CODES.values())})
+    tokenizer.add_special_tokens({"additional_special_tokens": [row.nllb for row in TABLE.values()]})
     tokenizer.eos_token = EOS_TEXT
     model_cfg = M2M100Config(
         vocab_size=len(tokenizer),

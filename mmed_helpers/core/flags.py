@@ -1,0 +1,58 @@
+"""Every environment variable the course reads or sets, and the one rule for reading a yes/no flag.
+
+    >>> import os; os.environ["MMED_DISABLE_UNSLOTH"] = "yes"
+    >>> unsloth_disabled()
+    True
+
+Importing this module is cheap (no torch), so it can run before anything reads ``HF_HUB_OFFLINE``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+TRUE = ("1", "true", "yes", "on")
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+"""Set for an offline profile: the Hugging Face libraries use their local caches only."""
+QUIET_ENV = {"UNSLOTH_DISABLE_STATISTICS": "1", "TOKENIZERS_PARALLELISM": "false"}
+"""Set for every run: no usage statistics, no tokenizer fork warnings."""
+DISABLE_UNSLOTH = "MMED_DISABLE_UNSLOTH"
+"""``1``: train with plain transformers + PEFT even where Unsloth is installed."""
+RUNS_DIR = "MMED_RUNS_DIR"
+"""Where ``runs/<profile>`` goes when no run directory is given (default: the checkout's ``runs/``)."""
+
+
+class _HasOffline(Protocol):
+    offline: bool
+
+
+def flag(name: str) -> bool:
+    """True if the environment variable ``name`` is set to 1 / true / yes / on (any case)."""
+    return os.environ.get(name, "").strip().lower() in TRUE
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE``)."""
+    return flag("HF_HUB_OFFLINE")
+
+
+def unsloth_disabled() -> bool:
+    """True when ``MMED_DISABLE_UNSLOTH`` asks for the plain transformers + PEFT path."""
+    return flag(DISABLE_UNSLOTH)
+
+
+def runs_dir() -> Path | None:
+    """``MMED_RUNS_DIR`` as a path, or None when it is not set."""
+    value = os.environ.get(RUNS_DIR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def runtime_env(profile: _HasOffline) -> dict[str, str]:
+    """Environment variables a run of ``profile`` needs (offline switches for offline profiles)."""
+    env = dict(QUIET_ENV)
+    if profile.offline:
+        env.update(OFFLINE_ENV)
+    return env

@@ -1,0 +1,10 @@
+"""The course's steps, one module per notebook (they import only from ``mmed_helpers.core``).
+
+| notebook | module(s) | what it does |
+| --- | --- | --- |
+| ``00_setup`` | ``setup`` | the machine report; build or locate the base model and record it in the run |
+| ``01_generate_qa`` | ``generate`` | condense -> generate MMed-IFT / MMed-IFT-MC, parse, filter, dedup |
+| ``02_translate_ccts`` | ``translate``, ``ccts`` | translate -> back-translate -> CCTS filter |
+| ``03_stage1_dora``, ``04_stage2_qlora`` | ``train`` | one SFT API for both stages (and 05's ablation), merge |
+| ``05_evaluate`` | ``evaluate`` | benchmark loaders, log-likelihood and generation protocols, summaries |
+"""
