@@ -74,7 +74,19 @@ def build_book(
         raise BookError("jupyter-book build failed:\n" + "\n".join(problems))
     for page in html.rglob("*.html"):
         dedupe_inline_scripts(page)
+    config = yaml.safe_load((book / "_config.yml").read_text(encoding="utf-8")) or {}
+    favicon = (config.get("html") or {}).get("favicon")
+    if favicon:
+        add_icon_to_redirect(html / "index.html", f"_static/{Path(favicon).name}")
     return html
+
+
+def add_icon_to_redirect(page: Path, icon: str) -> None:
+    """Jupyter Book's ``index.html`` is a bare redirect without the site's icon link, so a browser asks for
+    ``/favicon.ico`` and logs a 404 on a first visit; give it the icon (``html.favicon``) the other pages use."""
+    text = page.read_text(encoding="utf-8")
+    if "http-equiv" in text and 'rel="icon"' not in text and (page.parent / icon).is_file():
+        page.write_text(f'<link rel="icon" href="{icon}"/>\n' + text, encoding="utf-8")
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

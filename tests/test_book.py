@@ -50,6 +50,9 @@ def test_book_has_every_chapter_and_notebook(book_html):
         assert f"{name}.html" in pages
     for nb in toc_notebooks(ROOT / "book"):
         assert f"{nb}.html" in pages
+    home = (book_html / "index.html").read_text(encoding="utf-8")  # the redirect page links the site's icon
+    icon = re.search(r'rel="icon" href="([^"]+)"', home)
+    assert icon and (book_html / icon.group(1)).is_file()
     refs = (book_html / "references.html").read_text(encoding="utf-8")
     assert "Towards democratizing multilingual" in refs and "weight-decomposed low-rank adaptation" in refs.lower()
 
