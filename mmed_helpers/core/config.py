@@ -163,8 +163,13 @@ class EvalConfig:
     medmcqa_source: str = "bundled"
     pubmedqa_source: str = "bundled"
     mmedbench_source: str = "bundled"
+    mmedbench_split: str = "test"
+    """MMedBench's ``test`` folder (the benchmark) or ``train`` (what MMedLM fine-tunes on before testing)."""
+    pubmedqa_fold: str = "test"
+    """PubMedQA's 500-item ``test`` fold (as lm-evaluation-harness and the leaderboard) or ``all`` 1,000 labelled
+    items. The bundled set is not filtered."""
     max_items_per_benchmark: int = 0
-    """Per benchmark and language; 0 = all items."""
+    """Per benchmark and language; 0 = all items. Above the cap, items are drawn with the profile's seed."""
     protocols: list[str] = field(default_factory=lambda: ["loglik", "generate"])
     """``loglik`` (lm-evaluation-harness protocol) and/or ``generate`` (chat generation + answer extraction)."""
     models: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2", "single_stage"])

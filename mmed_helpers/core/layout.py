@@ -34,6 +34,9 @@ PROMPTS_DIR = DATA_DIR / "prompts"
 SEEDS_DIR = DATA_DIR / "seeds"
 EVAL_DIR = DATA_DIR / "eval"
 
+PUBMEDQA_TEST_FOLD = EVAL_DIR / "pubmedqa_test_fold.txt"
+"""The PMIDs of PubMedQA's 500-item test fold."""
+
 # --------------------------------------------------------------------------- the steps of a run
 
 STEPS: dict[str, str] = {

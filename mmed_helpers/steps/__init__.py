@@ -6,5 +6,5 @@
 | ``01_generate_qa`` | ``generate`` | condense -> generate MMed-IFT / MMed-IFT-MC, parse, filter, dedup |
 | ``02_translate_ccts`` | ``translate``, ``ccts`` | translate -> back-translate -> CCTS filter |
 | ``03_stage1_dora``, ``04_stage2_qlora`` | ``train`` | one SFT API for both stages (and 05's ablation), merge |
-| ``05_evaluate`` | ``evaluate`` | benchmark loaders, log-likelihood and generation protocols, summaries |
+| ``05_evaluate`` | ``benchmarks``, ``evaluate`` | benchmarks as distributed; two protocols, summaries, paired tests |
 """
