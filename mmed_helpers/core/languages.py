@@ -41,7 +41,10 @@ class Language:
     rationale_label: str
     """Label of the rationale line in an MC target."""
     answer_words: tuple[str, ...]
-    """Regular expressions for the words that introduce an answer in a reply (answer extraction)."""
+    """Regular expressions (case-insensitive) for the words that introduce the answer letter in a reply
+    ("the answer is", "答案是", "正解は", "la bonne réponse est") - answer extraction."""
+    correct_words: tuple[str, ...]
+    """Regular expressions for the words that follow a letter to say it is right ("B is correct", "Bが正解")."""
     and_words: tuple[str, ...]
     """The word for "and" between answer letters (``A et C``)."""
 
@@ -58,7 +61,11 @@ _TABLE = (
         ask_multi="Choose all correct answers.",
         answer_label="Answer",
         rationale_label="Rationale",
-        answer_words=("answers?",),
+        answer_words=(
+            r"(?:final\s+|correct\s+|right\s+|best\s+)?answers?(?:\s+(?:is|are|would\s+be|should\s+be))?",
+            r"(?:correct|right|best)\s+(?:option|choice)s?(?:\s+(?:is|are))?",
+        ),
+        correct_words=(r"(?:is|are)\s+(?:the\s+)?(?:correct|right|true)",),
         and_words=("and",),
     ),
     Language(
@@ -72,8 +79,14 @@ _TABLE = (
         ask_multi="请选出所有正确答案。",
         answer_label="答案",
         rationale_label="解析",
-        answer_words=("答案", "解答"),
-        and_words=("和",),
+        answer_words=(
+            r"(?:正确|最佳|最终)?答案(?:是|为|应为|应该是)?",
+            r"(?:正确|最佳)选项(?:是|为)?",
+            r"[故应]选",
+            r"解答",
+        ),
+        correct_words=(r"(?:是)?(?:正确答案|正确的|正确)",),
+        and_words=("和", "及"),
     ),
     Language(
         code="ja",
@@ -86,7 +99,8 @@ _TABLE = (
         ask_multi="正しいものをすべて選べ。",
         answer_label="答え",
         rationale_label="解説",
-        answer_words=("答え", "正解", "選択肢"),
+        answer_words=(r"答え(?:は)?", r"正解(?:は)?", r"解答(?:は)?", r"正しいのは"),
+        correct_words=(r"(?:が|は)\s*(?:正解|正しい)",),
         and_words=("と",),
     ),
     Language(
@@ -100,7 +114,11 @@ _TABLE = (
         ask_multi="Choisissez toutes les réponses exactes.",
         answer_label="Réponse",
         rationale_label="Justification",
-        answer_words=("réponses?",),
+        answer_words=(
+            r"(?:la\s+|les\s+)?(?:bonnes?\s+|meilleures?\s+)?réponses?(?:\s+(?:correctes?|exactes?|justes?))?"
+            r"(?:\s+(?:est|sont|serait))?",
+        ),
+        correct_words=(r"(?:est|sont)\s+(?:la\s+|les\s+)?(?:bonnes?\s+réponses?|correctes?|exactes?|justes?)",),
         and_words=("et",),
     ),
     Language(
@@ -114,7 +132,8 @@ _TABLE = (
         ask_multi="Выберите все правильные ответы.",
         answer_label="Ответ",
         rationale_label="Обоснование",
-        answer_words=("ответы?",),
+        answer_words=(r"(?:правильный\s+|верный\s+)?ответ(?:ы|ом)?(?:\s*(?:—|-|это))?",),
+        correct_words=(r"(?:является\s+)?(?:правильным|верным|правильный|верный)",),
         and_words=("и",),
     ),
     Language(
@@ -128,7 +147,11 @@ _TABLE = (
         ask_multi="Elija todas las respuestas correctas.",
         answer_label="Respuesta",
         rationale_label="Justificación",
-        answer_words=("respuestas?",),
+        answer_words=(
+            r"(?:la\s+|las\s+)?respuestas?(?:\s+(?:correctas?|exactas?))?(?:\s+(?:es|son|sería))?",
+            r"(?:la\s+)?opci[oó]n\s+correcta(?:\s+es)?",
+        ),
+        correct_words=(r"(?:es|son)\s+(?:la\s+|las\s+)?(?:correctas?|respuestas?\s+correctas?)",),
         and_words=("y",),
     ),
 )

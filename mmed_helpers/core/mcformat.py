@@ -18,6 +18,7 @@ Lettered options as datasets ship them (``{"A": ..., "B": ...}`` or a list) beco
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,9 +84,11 @@ def options_list(value: Any) -> list[str]:
 
 
 def answer_letters(value: Any, n_options: int) -> list[str]:
-    """The sorted gold letters of an answer key: ``"B"``, ``"A,C"``, ``"A C"`` or ``"AC"``."""
+    """The sorted gold letters of an answer key: ``"B"``, ``"A,C"``, ``"A C"``, ``"AC"`` or ``["A", "C"]``."""
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
     if not isinstance(value, str):
-        raise FormatError(f"answer_idx must be a string of letters, got {value!r}")
+        raise FormatError(f"answer_idx must be letters (a string or a list of strings), got {value!r}")
     letters = [x for x in re.split(r"[,\s;]+", value.strip().upper()) if x]
     if len(letters) == 1 and len(letters[0]) > 1 and letters[0].isalpha():
         letters = list(letters[0])  # "AC"
@@ -97,26 +100,64 @@ def answer_letters(value: Any, n_options: int) -> list[str]:
 
 # --------------------------------------------------------------------------- reading replies
 
-_HOMOGLYPHS = str.maketrans(
-    {"А": "A", "В": "B", "С": "C", "Е": "E", "Ａ": "A", "Ｂ": "B", "Ｃ": "C", "Ｄ": "D", "Ｅ": "E"}
+_HOMOGLYPHS = str.maketrans({"А": "A", "В": "B", "С": "C", "Е": "E"})
+_EMPHASIS = re.compile(r"\*\*|__|[*`]")
+
+
+def _alternation(words) -> str:
+    return "|".join(dict.fromkeys(words))
+
+
+_AND = _alternation([",", "、", "，", "/", "&", "、", "\\+"] + [w for row in TABLE.values() for w in row.and_words])
+_FILLER = r"(?i:(?:the\s+|l'|la\s+)?(?:option|choice|proposition|opci[oó]n|вариант|选项|選択肢)s?\s*)?"
+# one letter, optionally in brackets; a list of letters joined by "and" words; or a run like "ACD"
+_ONE = r"[(\[（]?\s*[A-Ja-j]\s*[)\]）]?"
+_LIST = rf"(?P<list>{_ONE}(?:\s*(?:{_AND})\s*{_ONE})*|[A-J]{{2,10}}(?![A-Za-z]))"
+_END = r"(?=$|[\s.,;:!?。、，；：)\]）]|です|である|だ)"
+_LABELLED = re.compile(
+    rf"(?i:{_alternation(w for row in TABLE.values() for w in row.answer_words)})\s*[:：=\-—]?\s*{_FILLER}{_LIST}{_END}"
 )
-_LABELS = "(?i:" + "|".join(dict.fromkeys(w for row in TABLE.values() for w in row.answer_words)) + ")"
-_AND = "|".join(dict.fromkeys(w for row in TABLE.values() for w in row.and_words))
-_LIST = rf"([A-J](?:\s*(?:,|、|，|{_AND})\s*[A-J])*)"
+_VERDICT = re.compile(
+    rf"{_FILLER}(?P<list>{_ONE}(?:\s*(?:{_AND})\s*{_ONE})*)\s*"
+    rf"(?i:{_alternation(w for row in TABLE.values() for w in row.correct_words)})"
+)
+_LEAD = r"[(\[]?(?:[A-J]|[a-j](?=\)))[)\]]?"  # a capital, or a small letter with its bracket: "d)"
+_LEADING = re.compile(rf"\s*{_FILLER}(?P<list>{_LEAD}(?:\s*(?:{_AND})\s*{_LEAD})*)(?=$|[.)。．:：\-—,、]|\s*\n|\s+-)")
+
+
+def _stands_alone(match: re.Match, text: str) -> bool:
+    """A lower-case letter is an answer only in brackets or before punctuation or the end ("is (c)", "is c."),
+    not when a word follows it ("is a deficiency")."""
+    group = match.group("list")
+    if re.search(r"[A-J]|[(\[（]", group):
+        return True
+    return re.match(r"\s*(?:$|[.,;:!?)])", text[match.end("list") :]) is not None
+
+
+def _letters_in(group: str) -> list[str]:
+    inner = re.sub(r"[(\[（）)\]]", " ", group)
+    found = re.findall(r"(?<![A-Za-z])[A-Ja-j](?![a-z])|[A-J]", inner.replace(" ", "  "))
+    return sorted({x.upper() for x in found})
 
 
 def extract_answers(text: str, n_options: int) -> list[str]:
     """The answer letters in a model's reply (empty list if none can be found).
 
-    Looks for a labelled answer first (``Answer: B``, ``Réponse : A et C``, ``答案：C``, ``答え：A、D``), then a
-    letter at the start of the reply (``B.``, ``(B)``, ``B``). Fullwidth and Cyrillic look-alike letters count.
+    In order: a reply that opens with its letter(s) (``B.``, ``(B)``, ``**B**``, ``A, C``); else the first answer
+    introduced by a label in any course language ("the answer is C", "Answer: **B**", "答案是C",
+    "正确答案为B", "正解はBです", "La bonne réponse est C", "La respuesta correcta es B", "Правильный ответ: C",
+    MMedLM's "OPTION A IS CORRECT", multi-answer lists like "A et C" or "ACD"); else a letter followed by a verdict
+    ("B is correct", "Bが正解"). Lower-case letters count only when they stand alone ("answer is (c)"), so the
+    article in "A deficiency of ..." or "the answer is a deficiency" is no answer; fullwidth and Cyrillic
+    look-alike letters count. A letter outside the options makes the reply unreadable (``[]``).
     """
-    t = text.translate(_HOMOGLYPHS)
+    t = _EMPHASIS.sub("", unicodedata.normalize("NFKC", text).translate(_HOMOGLYPHS))
     valid = LETTERS[:n_options]
-    m = re.search(_LABELS + r"\s*[:：]?\s*\(?" + _LIST + r"(?![A-Za-z])", t)
-    if m is None:
-        m = re.match(r"\s*\(?" + _LIST + r"(?:[).:\s]|$)", t)
-    if m is None:
+    match = _LEADING.match(t)
+    if match is None:
+        found = [m for pattern in (_LABELLED, _VERDICT) for m in pattern.finditer(t) if _stands_alone(m, t)]
+        match = min(found, key=lambda m: m.start()) if found else None
+    if match is None:
         return []
-    letters = sorted(set(re.findall(r"[A-J]", m.group(1))))  # separators (et, and, и, ...) are lower case
-    return letters if all(x in valid for x in letters) else []
+    letters = _letters_in(match.group("list"))
+    return letters if letters and all(x in valid for x in letters) else []
