@@ -15,10 +15,10 @@ import pytest
 from mmed_helpers.core.config import load_profile
 from mmed_helpers.core.corpus import load_corpus
 from mmed_helpers.core.jobs import JsonlStore
-from mmed_helpers.core.languages import LANGUAGES
+from mmed_helpers.core.languages import LANGUAGES, TABLE
 from mmed_helpers.core.layout import RunLayout
 from mmed_helpers.core.llm import Completion
-from mmed_helpers.core.mcformat import LETTERS
+from mmed_helpers.core.mcformat import LETTERS, extract_answers
 from mmed_helpers.core.records import MCItem
 from mmed_helpers.steps.generate import (
     REASONS,
@@ -69,8 +69,14 @@ def test_seed_sets_are_complete_and_pass_every_filter(lang):
         kept, report = filter_items(kind, [], {}, CFG, seeds)
         assert len(kept) == len(seeds), report.rejected
     mcs = load_seeds("mc", [lang])
-    letters = Counter(m.answer for m in mcs)
-    assert max(letters.values()) <= 6 and set(letters) <= set(LETTERS[:5])  # four or five options
+    letters = Counter(a for m in mcs for a in m.answers)
+    assert max(letters.values()) <= 6 + 4 and set(letters) <= set(LETTERS[:5])  # four or five options
+    multi = [m for m in mcs if len(m.answers) > 1]
+    if lang in ("ja", "fr"):  # MMedBench's Japanese and French items can have several correct answers
+        assert len(multi) >= 4 and all(m.prompt().endswith(TABLE[lang].ask_multi) for m in multi)
+        assert all(extract_answers(m.target(), len(m.options)) == m.answers for m in mcs)
+    else:
+        assert multi == []
     assert {len(m.options) for m in mcs} == {4, 5}
 
 
@@ -249,9 +255,11 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
     ift, mc = result.reports["ift"], result.reports["mc"]
     assert ift.generated == 2 * n and mc.generated == n
     assert ift.rejected["exact_duplicate"] == n  # the second item of each passage repeats the first
-    assert ift.kept == 60 + n and mc.kept == 60 + n
+    seeds = {kind: len(load_seeds(kind, cfg.languages)) for kind in ("ift", "mc")}
+    assert seeds == {"ift": 60, "mc": 64}  # 20 per language, and 4 multi-answer MC items in French
+    assert ift.kept == seeds["ift"] + n and mc.kept == seeds["mc"] + n
     for report in (ift, mc):  # every output and seed is accounted for exactly once
-        assert report.kept + sum(report.rejected.values()) == 60 + report.generated
+        assert report.kept + sum(report.rejected.values()) == seeds[report.kind] + report.generated
 
     from datasets import load_from_disk
 
@@ -330,3 +338,16 @@ def test_killed_generation_resumes_without_loss_or_duplicates(tiny_dir, tmp_path
             assert {i.split(":")[0] for i in ids} == expected
     manifest_free = JsonlStore(raw)
     assert manifest_free.recovered == 0 and len(manifest_free) == 18
+
+
+def test_multi_answer_keys_are_parsed_normalised_and_checked():
+    base = {"question": "Lesquels ?", "options": {"A": "un", "B": "deux", "C": "trois", "D": "quatre", "E": "cinq"}}
+    from mmed_helpers.steps.generate import check_mc
+
+    for given in ("A, C", "c,a", ["A", "C"], "AC"):
+        item = parse_mc(json.dumps({**base, "answer": given, "rationale": "Parce que."}))
+        assert item["answer"] == "A,C" and check_mc(item) is None
+    assert parse_mc(json.dumps({**base, "answer": "b.", "rationale": "r"}))["answer"] == "B"
+    for bad in ("A,A", "F", "A,F"):
+        item = parse_mc(json.dumps({**base, "answer": bad, "rationale": "r"}))
+        assert check_mc(item) == "mc_bad_answer", bad

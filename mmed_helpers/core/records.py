@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_directory
-from .mcformat import LETTERS, mc_prompt, mc_target
+from .mcformat import LETTERS, answer_letters, mc_prompt, mc_target
 
 
 @dataclass
@@ -51,6 +51,7 @@ class MCItem:
     question: str
     options: list[str]
     answer: str
+    """The correct letter, or several joined by commas (``"A,C"``)."""
     rationale: str
     source_id: str = ""
     origin: str = "generated"
@@ -58,16 +59,22 @@ class MCItem:
     kind: str = field(default="mc", init=False)
 
     @property
+    def answers(self) -> list[str]:
+        """The correct letters: one (``"B"``) or several (``"A,C"``, as MMedBench's Japanese and French items)."""
+        return answer_letters(self.answer, len(self.options))
+
+    @property
     def answer_text(self) -> str:
-        return self.options[LETTERS.index(self.answer)]
+        return "; ".join(self.options[LETTERS.index(a)] for a in self.answers)
 
     def prompt(self) -> str:
-        """The question as the model sees it (:func:`~mmed_helpers.core.mcformat.mc_prompt`)."""
-        return mc_prompt(self.question, self.options, self.lang)
+        """The question as the model sees it (:func:`~mmed_helpers.core.mcformat.mc_prompt`); an item with
+        several correct answers asks for all of them, exactly as evaluation does."""
+        return mc_prompt(self.question, self.options, self.lang, multi=len(self.answers) > 1)
 
     def target(self) -> str:
         """The answer the model learns (:func:`~mmed_helpers.core.mcformat.mc_target`)."""
-        return mc_target(self.answer, self.options, self.rationale, self.lang)
+        return mc_target(self.answers, self.options, self.rationale, self.lang)
 
     def to_messages(self) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.prompt()}, {"role": "assistant", "content": self.target()}]

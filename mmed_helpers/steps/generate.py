@@ -36,7 +36,7 @@ from ..core.jobs import Job, JsonlStore, run_jobs
 from ..core.jsonl import read_jsonl
 from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
 from ..core.llm import Backend, Completion, GenerationParams
-from ..core.mcformat import LETTERS, FormatError, options_list
+from ..core.mcformat import LETTERS, FormatError, answer_letters, options_list
 from ..core.quality import find_duplicates, is_language, support_score, text_length
 from ..core.records import IFTSample, MCItem, Record, save_dataset, to_dataset
 
@@ -211,6 +211,15 @@ def parse_ift(text: str) -> dict[str, str]:
     return {"question": obj["question"].strip(), "answer": obj["answer"].strip()}
 
 
+def _answer_key(value: Any, n_options: int) -> str:
+    """The answer as an MC item stores it: ``"B"``, or ``"A,C"`` for several; unreadable keys come back as they
+    were (validation then rejects them as ``mc_bad_answer``)."""
+    try:
+        return ",".join(answer_letters(value.rstrip(". ") if isinstance(value, str) else value, n_options))
+    except FormatError:
+        return str(value).strip()
+
+
 def parse_mc(text: str) -> dict[str, Any]:
     obj = extract_json(text)
     try:
@@ -218,12 +227,12 @@ def parse_mc(text: str) -> dict[str, Any]:
     except FormatError as exc:
         raise ParseError(str(exc)) from None
     for key in ("question", "answer", "rationale"):
-        if not isinstance(obj.get(key), str):
+        if not isinstance(obj.get(key), str) and not (key == "answer" and isinstance(obj.get(key), list)):
             raise ParseError(f"needs a string field {key!r}")
     return {
         "question": obj["question"].strip(),
         "options": opts,
-        "answer": obj["answer"].strip().rstrip(".").upper(),
+        "answer": _answer_key(obj["answer"], len(opts)),
         "rationale": obj["rationale"].strip(),
     }
 
@@ -296,7 +305,11 @@ def check_mc(item: dict[str, Any]) -> str | None:
     normed = [re.sub(r"\W+", "", o.casefold()) for o in opts]
     if len(set(normed)) != len(normed):
         return "mc_duplicate_options"
-    if item["answer"] not in LETTERS[: len(opts)]:
+    try:
+        letters = answer_letters(item["answer"], len(opts))
+    except FormatError:
+        return "mc_bad_answer"
+    if ",".join(letters) != item["answer"]:  # stored keys are normalised: "A,C", never "ca" or "A, C"
         return "mc_bad_answer"
     return None
 
@@ -319,7 +332,11 @@ def validate(kind: str, fields: dict[str, Any], lang: str, source: str | None, c
         return "wrong_language"
     if source is not None:
         # IFT: the answer; MC: the correct option (the rationale may discuss distractors the text never names)
-        claim = fields["answer"] if kind == "ift" else fields["options"][LETTERS.index(fields["answer"])]
+        claim = (
+            fields["answer"]
+            if kind == "ift"
+            else " ".join(fields["options"][LETTERS.index(a)] for a in fields["answer"].split(","))
+        )
         if support_score(claim, source) < cfg.support_threshold:
             return "unsupported_by_source"
     return None
