@@ -131,7 +131,14 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     langs = {r["lang"] for r in res["summary"] if r["benchmark"] == "mmedbench"}
     assert langs == {"en", "zh", "ja", "fr", "ru", "es", "all"}
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in res["summary"])
-    assert json.loads((run / "05_evaluate" / "manifest.json").read_text())["outputs"]["skipped"] == []
+    m05 = json.loads((run / "05_evaluate" / "manifest.json").read_text())
+    assert m05["outputs"]["skipped"] == []
+    assert all("unparsed_rate" in r and 0 <= r["unparsed_rate"] <= 1 for r in res["summary"])
+    pairs = {(c["model_a"], c["model_b"]) for c in res["comparisons"] if c["lang"] == "all"}
+    assert {("stage1", "stage2"), ("stage2", "single_stage")} <= pairs
+    assert all(0 <= c["p_value"] <= 1 and c["only_a"] + c["only_b"] <= c["n"] for c in res["comparisons"])
+    said = " ".join(m05["outputs"]["comparisons"])  # the notebook states each headline comparison
+    assert "stage2 vs single_stage on mmedbench" in said and "exact McNemar p = " in said
     assert (run / "05_evaluate" / "single_stage" / "adapter" / "adapter_config.json").is_file()
     for png in ("mmedbench_by_language.png", "two_vs_single.png"):
         assert (run / "05_evaluate" / png).stat().st_size > 5000

@@ -9,12 +9,10 @@ import torch
 
 from mmed_helpers.core.layout import MissingArtifactError, RunLayout
 from mmed_helpers.core.mcformat import LETTERS, extract_answers
+from mmed_helpers.steps.benchmarks import EvalError, EvalItem, load_benchmark
 from mmed_helpers.steps.evaluate import (
-    EvalError,
-    EvalItem,
     encode_pair,
     evaluate_model,
-    load_benchmark,
     loglik_scores,
     model_sources,
     summarize,
@@ -107,9 +105,9 @@ def test_medmcqa_pubmedqa_mmedbench_formats(tmp_path):
             {"pubid": 2, "question": "Does Y help?", "context": {"contexts": ["Bg."]}, "final_decision": "perhaps"},
         ],
     )
-    res = load_benchmark("pubmedqa", pq)
+    res = load_benchmark("pubmedqa", pq, fold="all")
     item = res.items[0]
-    assert (item.options, item.answers, item.context) == (["yes", "no", "maybe"], ["C"], "Bg. Res.")
+    assert (item.options, item.answers, item.context) == (["yes", "no", "maybe"], ["C"], "Bg.\nRes.")
     assert "final_decision" in res.skipped[0][1]
 
     d = tmp_path / "mmed"
@@ -125,9 +123,11 @@ def test_medmcqa_pubmedqa_mmedbench_formats(tmp_path):
             {"question": "1つ", "options": {"A": "a", "B": "b"}, "answer_idx": "A,A"},
         ],
     )
-    res = load_benchmark("mmedbench", d, languages=["ja", "ru"])
+    res = load_benchmark("mmedbench", d, languages=["ja"])
     assert res.items[0].answers == ["A", "C"] and res.items[0].lang == "ja" and res.items[0].multi
-    assert [w for w, _ in res.skipped] == ["Japanese.jsonl:2", f"{d}/Russian.jsonl"]
+    assert [w for w, _ in res.skipped] == ["Japanese.jsonl:2"]
+    with pytest.raises(EvalError, match="mmedbench: no Test/Russian.jsonl under .* for language 'ru'"):
+        load_benchmark("mmedbench", d, languages=["ja", "ru"])  # a language that yields nothing is an error
 
 
 def test_parquet_and_json_list_files(tmp_path):
@@ -158,7 +158,7 @@ def test_hub_source_offline_and_missing_sources_are_clear(tmp_path):
     "reply, n, expected",
     [
         ("Answer: B. Right coronary artery", 4, ["B"]),
-        ("answer is (c)", 4, []),
+        ("answer is (c)", 4, ["C"]),
         ("The answer: C", 4, ["C"]),
         ("答案：C", 5, ["C"]),
         ("答え：A、D", 5, ["A", "D"]),
@@ -220,15 +220,16 @@ def test_fast_path_equals_full_forward_per_choice(tiny_lm):
     model, tok = tiny_lm
     scores = loglik_scores(model, tok, ITEMS, batch_size=2, progress=False)
     for s in scores:
-        for j, letter in enumerate(s.item.letters):
-            ctx, cont = encode_pair(tok, s.item.loglik_context(), f" {letter}")
+        for j, choice in enumerate(s.item.loglik_choices()):
+            ctx, cont = encode_pair(tok, s.item.loglik_context(), choice)
             ids = torch.tensor([ctx + cont])
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids).logits[0].float(), -1)
             expected = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
             assert s.logliks[j] == pytest.approx(expected, abs=1e-4)
         assert s.pred == LETTERS[max(range(len(s.logliks)), key=s.logliks.__getitem__)]
-        assert s.pred_norm == s.pred  # single-letter choices: acc_norm == acc
+        if s.item.benchmark != "pubmedqa":
+            assert s.pred_norm == s.pred  # single-letter choices: acc_norm == acc
 
 
 def test_batching_does_not_change_scores(tiny_lm):
@@ -316,3 +317,72 @@ def test_loglik_agrees_with_lm_evaluation_harness(tiny_dir, tiny_lm, tmp_path):
         assert mine.logliks == pytest.approx(theirs, abs=1e-4)
     acc = sum(m.pred == m.item.answers[0] for m in ours) / len(ours)
     assert math.isclose(out["results"]["mmed_course_check"]["acc,none"], acc)
+
+
+# --------------------------------------------------------------------------- replies as models write them
+
+
+def test_answer_extraction_on_a_catalogue_of_real_replies():
+    """At least 80 replies written the way instruction-tuned models answer, in all six languages, with the
+    letter sets a reader would take from them (``[]``: no answer, e.g. an English article or "B12")."""
+    from conftest import ROOT
+
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "answer_replies.jsonl").read_text().splitlines()]
+    assert len(rows) >= 80 and all(sum(r["lang"] == lang for r in rows) >= 8 for lang in LANGS)
+    wrong = [(r["reply"], extract_answers(r["reply"], r["n"]), r["expected"]) for r in rows]
+    wrong = [w for w in wrong if w[1] != w[2]]
+    assert len(wrong) <= 0.05 * len(rows), wrong
+
+
+def test_exact_mcnemar_equals_the_binomial_test():
+    stats = pytest.importorskip("scipy.stats")
+    from mmed_helpers.steps.evaluate import mcnemar_exact
+
+    for only_a, only_b in [(0, 0), (3, 0), (10, 4), (4, 10), (25, 12), (1, 1), (40, 41)]:
+        n = only_a + only_b
+        expected = 1.0 if n == 0 else stats.binomtest(min(only_a, only_b), n, 0.5).pvalue
+        assert mcnemar_exact(only_a, only_b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_comparison_counts_the_discordant_items():
+    from mmed_helpers.steps.evaluate import ItemResult, compare_models, describe_comparison
+
+    def res(model, i, correct, lang="en"):
+        return ItemResult(model, "mmedbench", lang, "loglik", f"i{i}", ["A"], ["A" if correct else "B"], correct)
+
+    a = [res("stage2", i, i < 15) for i in range(20)]  # 15/20
+    b = [res("single_stage", i, i < 5 or i >= 18) for i in range(20)]  # 7/20: 10 only stage2, 2 only single
+    rows = compare_models(a + b, ["stage2", "single_stage"])
+    row = next(r for r in rows if r["lang"] == "en")
+    assert (row["n"], row["only_a"], row["only_b"]) == (20, 10, 2)
+    assert (row["accuracy_a"], row["accuracy_b"]) == (0.75, 0.35)
+    assert row["p_value"] == pytest.approx(0.0385742, abs=1e-6)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert {r["lang"] for r in rows} == {"en", "all"}
+    text = describe_comparison(row)
+    assert "stage2 is better at the 5% level" in text and "p = 0.0386" in text
+
+
+def test_summary_counts_unreadable_replies(tiny_lm):
+    from mmed_helpers.steps.evaluate import ItemResult
+
+    results = [
+        ItemResult("m", "medqa", "en", "generate", "1", ["A"], [], False, "I am not sure"),
+        ItemResult("m", "medqa", "en", "generate", "2", ["A"], ["A"], True, "Answer: A"),
+        ItemResult("m", "medqa", "en", "generate", "3", ["A"], ["B"], False, "Answer: B"),
+    ]
+    (row,) = summarize(results)
+    assert (row["unparsed"], row["unparsed_rate"], row["correct"]) == (1, pytest.approx(1 / 3), 1)
+
+
+def test_only_the_needed_logits_are_computed(tiny_lm):
+    """Scoring asks the model for the continuation positions only; the values equal the full forward's."""
+    from mmed_helpers.steps.evaluate import _logits_at
+
+    model, tok = tiny_lm
+    ids = torch.tensor([tok.encode("Question: Which artery?\nAnswer: A")])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        some = _logits_at(model, ids, mask, [3, ids.shape[1] - 1])
+        full = model(input_ids=ids, attention_mask=mask).logits
+    assert some.shape == (1, 2, full.shape[-1])
+    assert torch.allclose(some[0], full[0, [3, ids.shape[1] - 1]], atol=1e-5)

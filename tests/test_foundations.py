@@ -34,7 +34,7 @@ from mmed_helpers.core.mcformat import (
 )
 from mmed_helpers.core.modeldir import BaseModelInfo
 from mmed_helpers.core.records import MCItem
-from mmed_helpers.steps.evaluate import EvalItem, load_benchmark
+from mmed_helpers.steps.benchmarks import EvalItem, load_benchmark
 
 OPTIONS = ["Thiamine", "Cobalamin", "Folate", "Niacin", "Pyridoxine"]
 

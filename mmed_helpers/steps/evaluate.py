@@ -1,25 +1,24 @@
 """Step 05 (notebook ``05_evaluate``): multiple-choice evaluation on MedQA, MedMCQA, PubMedQA and MMedBench,
-per language.
+per language, with intervals and paired comparisons.
 
-**Loaders** turn each benchmark's public format into one :class:`EvalItem` type, from local files (JSON, JSONL
-or Parquet; the course bundles small sets written in each format) or, online, from the Hugging Face Hub. A
-record that does not fit its format is skipped and reported with its line number; it never stops a run.
+The items come from :mod:`~mmed_helpers.steps.benchmarks` (the public formats as distributed). **Two protocols**
 
-**Two protocols**
-
-* ``loglik`` - as EleutherAI's lm-evaluation-harness does it: the prompt ends in ``Answer:``, each choice is the
-  continuation ``" A"``, ``" B"``, ...; the prediction is the choice with the highest summed log-probability
-  (``acc``), or the highest log-probability per character of the choice (``acc_norm``, equal to ``acc`` for
-  single letters). Tokens are split as ``encode(context + continuation)[len(encode(context)):]`` with the
-  tokenizer's default special tokens. When every choice is one token that extends the context cleanly, all
-  choices are scored from one forward pass. Multi-answer items (MMedBench Japanese/French) have no
-  single-choice likelihood answer and are left to the generation protocol.
+* ``loglik`` - lm-evaluation-harness's multiple-choice protocol, with its own prompts (the built-in tasks
+  ``medqa_4options``, ``medmcqa`` and ``pubmedqa``; :meth:`EvalItem.loglik_context`,
+  :meth:`EvalItem.loglik_choices`): the prediction is the continuation with the highest summed log-probability
+  (``acc``), or per character of the choice (``acc_norm``, the same as ``acc`` for single letters). Tokens are
+  split as ``encode(context + continuation)[len(encode(context)):]`` with the tokenizer's default special
+  tokens. When every choice is one token that extends the context cleanly, all choices are scored from one
+  forward pass. Only the positions that predict a continuation token get logits and a log-softmax, so scoring an
+  8B model's 128k vocabulary does not hold a ``batch x length x vocabulary`` float32 tensor. Multi-answer items
+  (MMedBench Japanese/French) have no single-choice likelihood answer and are left to generation.
 * ``generate`` - the item is asked in the model's chat template, in its own language, exactly as stage 2 trained
-  on it (:func:`~mmed_helpers.core.mcformat.mc_prompt`); the answer letters are extracted from the reply
-  (:func:`~mmed_helpers.core.mcformat.extract_answers`: (``Answer: B``, ``答案：C``, ``答え：A,C``, a leading
-  ``B.`` ...)). An item is correct when the extracted set equals the gold set.
+  on it (:func:`~mmed_helpers.core.mcformat.mc_prompt`); the answer letters are read from the reply
+  (:func:`~mmed_helpers.core.mcformat.extract_answers`). An item is correct when the extracted set equals the
+  gold set; a reply with no readable answer counts as wrong and is counted as an **extraction failure**.
 
 Accuracy comes with a 95 % Wilson interval: on 20 items a model at 50 % could be anywhere from about 30 % to 70 %.
+Two models scored on the same items are compared with an exact McNemar test (:func:`compare_models`).
 """
 
 from __future__ import annotations
@@ -27,254 +26,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.device import default_device, resolve_dtype
-from ..core.jsonl import read_jsonl
-from ..core.languages import TABLE
-from ..core.layout import EVAL_DIR, RunLayout
-from ..core.mcformat import LETTERS, FormatError, answer_letters, extract_answers, mc_prompt, option_lines, options_list
+from ..core.layout import RunLayout
+from ..core.mcformat import extract_answers
+from .benchmarks import EvalError, EvalItem
 
-HUB = {
-    "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
-    "medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
-    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train"),
-    "mmedbench": ("Henrychur/MMedBench", None, "test"),
-}
-BUNDLED = {
-    "medqa": EVAL_DIR / "medqa" / "test.jsonl",
-    "medmcqa": EVAL_DIR / "medmcqa" / "validation.jsonl",
-    "pubmedqa": EVAL_DIR / "pubmedqa" / "pqa_labeled.jsonl",
-    "mmedbench": EVAL_DIR / "mmedbench",
-}
-
-
-class EvalError(ValueError):
-    """A benchmark source cannot be read at all (the message names it and the fix)."""
-
-
-@dataclass
-class EvalItem:
-    """One multiple-choice question of any benchmark. ``answers`` holds one or more gold letters."""
-
-    id: str
-    benchmark: str
-    lang: str
-    question: str
-    options: list[str]
-    answers: list[str]
-    context: str = ""
-
-    @property
-    def letters(self) -> str:
-        return LETTERS[: len(self.options)]
-
-    @property
-    def multi(self) -> bool:
-        return len(self.answers) > 1
-
-    def loglik_context(self) -> str:
-        """The lm-evaluation-harness style prompt; choices are the continuations ``" A"``, ``" B"``, ..."""
-        head = f"Abstract: {self.context}\n" if self.context else ""
-        return f"{head}Question: {self.question}\n{option_lines(self.options)}\nAnswer:"
-
-    def chat_prompt(self) -> str:
-        """The question exactly as stage 2 trains on it (:func:`~mmed_helpers.core.mcformat.mc_prompt`)."""
-        return mc_prompt(self.question, self.options, self.lang, multi=self.multi, context=self.context)
-
-
-@dataclass
-class LoadResult:
-    items: list[EvalItem]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(where, why) for every record that did not fit the format, e.g. ``("test.jsonl:7", "answer_idx 'F' ...")``."""
-    source: str = ""
-
-
-# --------------------------------------------------------------------------- record converters
-
-
-class _Bad(ValueError):
-    pass
-
-
-def _text(rec: dict, key: str) -> str:
-    value = rec.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"missing or empty field {key!r}")
-    return value.strip()
-
-
-def _options_dict(rec: dict) -> list[str]:
-    opts = rec.get("options")
-    if not isinstance(opts, dict) or len(opts) < 2:
-        raise _Bad("field 'options' must map letters to texts")
-    try:
-        texts = options_list({k: str(v) for k, v in opts.items()})
-    except FormatError as exc:
-        raise _Bad(str(exc)) from None
-    if any(not t for t in texts):
-        raise _Bad("an option is empty")
-    return texts
-
-
-def _letters(value: Any, n: int) -> list[str]:
-    try:
-        return answer_letters(value, n)
-    except FormatError as exc:
-        raise _Bad(str(exc)) from None
-
-
-def convert(benchmark: str, rec: dict, rid: str, lang: str = "en") -> EvalItem:
-    """One raw record of ``benchmark``'s public format as an :class:`EvalItem` (raises on a bad record)."""
-    if not isinstance(rec, dict):
-        raise _Bad("record is not a JSON object")
-    if benchmark == "medqa":
-        options = _options_dict(rec)
-        if len(options) != 4:
-            raise _Bad(f"MedQA-USMLE 4-option items need 4 options, got {len(options)}")
-        answers = _letters(rec.get("answer_idx"), 4)
-        if len(answers) != 1:
-            raise _Bad("MedQA has one answer")
-        return EvalItem(rid, "medqa", "en", _text(rec, "question"), options, answers)
-    if benchmark == "medmcqa":
-        options = [_text(rec, k) for k in ("opa", "opb", "opc", "opd")]
-        cop = rec.get("cop")
-        if not isinstance(cop, int) or isinstance(cop, bool) or not 0 <= cop <= 3:
-            raise _Bad(f"cop must be an integer 0-3, got {cop!r}")
-        return EvalItem(str(rec.get("id") or rid), "medmcqa", "en", _text(rec, "question"), options, [LETTERS[cop]])
-    if benchmark == "pubmedqa":
-        ctx = rec.get("context")
-        if isinstance(ctx, dict):
-            parts = ctx.get("contexts")
-        else:
-            parts = ctx
-        if isinstance(parts, str):
-            parts = [parts]
-        if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
-            raise _Bad("context.contexts must be a list of strings")
-        decision = str(rec.get("final_decision", "")).strip().lower()
-        if decision not in ("yes", "no", "maybe"):
-            raise _Bad(f"final_decision must be yes, no or maybe, got {rec.get('final_decision')!r}")
-        answer = LETTERS["yes no maybe".split().index(decision)]
-        pid = str(rec.get("pubid") or rid)
-        return EvalItem(
-            pid,
-            "pubmedqa",
-            "en",
-            _text(rec, "question"),
-            ["yes", "no", "maybe"],
-            [answer],
-            context=" ".join(p.strip() for p in parts),
-        )
-    if benchmark == "mmedbench":
-        options = _options_dict(rec)
-        return EvalItem(
-            rid, "mmedbench", lang, _text(rec, "question"), options, _letters(rec.get("answer_idx"), len(options))
-        )
-    raise EvalError(f"unknown benchmark {benchmark!r}; choose from {sorted(HUB)}")
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def _mmedbench_file(lang: str) -> str:
-    return TABLE[lang].mmedbench_file if lang in TABLE else lang
-
-
-def read_records(path: Path) -> list[tuple[str, Any]]:
-    """(``file:line``, record) pairs from a JSONL, JSON (list) or Parquet file. A JSONL line that is not valid
-    JSON comes back as the record ``_Bad`` so the caller counts it."""
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return [(f"{path.name}:{i + 1}", r) for i, r in enumerate(pd.read_parquet(path).to_dict("records"))]
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return [(f"{path.name}:{i + 1}", r) for i, r in enumerate(json.loads(text))]
-    return [(line.where, _Bad(line.error) if line.error else line.record) for line in read_jsonl(path)]
-
-
-def _convert_all(benchmark: str, records: Iterable[tuple[str, Any]], lang: str, result: LoadResult) -> None:
-    for where, rec in records:
-        if isinstance(rec, _Bad):
-            result.skipped.append((where, str(rec)))
-            continue
-        rec = _plain(rec)
-        try:
-            result.items.append(convert(benchmark, rec, f"{benchmark}-{lang}-{where.rsplit(':', 1)[-1]}", lang))
-        except _Bad as exc:
-            result.skipped.append((where, str(exc)))
-
-
-def _plain(rec: Any) -> Any:
-    """numpy arrays and scalars (from Parquet) as plain Python values."""
-    if isinstance(rec, dict):
-        return {k: _plain(v) for k, v in rec.items()}
-    if hasattr(rec, "tolist"):
-        return _plain(rec.tolist())
-    if isinstance(rec, list | tuple):
-        return [_plain(v) for v in rec]
-    return rec
-
-
-def load_benchmark(
-    benchmark: str, source: str | Path = "bundled", languages: Sequence[str] = ("en",), offline: bool = True
-) -> LoadResult:
-    """Load ``benchmark`` from ``source``: ``bundled`` (the course's small sets), a local file or folder in the
-    benchmark's public format, or ``hub`` (the public dataset, online only). For MMedBench, ``languages`` picks
-    the per-language files (``English.jsonl``, ``Chinese.jsonl``, ...)."""
-    if benchmark not in HUB:
-        raise EvalError(f"unknown benchmark {benchmark!r}; choose from {sorted(HUB)}")
-    result = LoadResult([], source=str(source))
-    if source == "hub":
-        return _load_hub(benchmark, languages, offline, result)
-    path = BUNDLED[benchmark] if source == "bundled" else Path(source).expanduser()
-    if not path.exists():
-        raise EvalError(f"{benchmark} source {path} not found; give a file or folder in its public format")
-    if benchmark == "mmedbench":
-        for lang in languages:
-            name = _mmedbench_file(lang)
-            files = [path] if path.is_file() else sorted(p for p in path.glob(f"{name}.*") if p.is_file())
-            if not files:
-                result.skipped.append((f"{path}/{name}.jsonl", "no file for this language"))
-                continue
-            _convert_all(benchmark, read_records(files[0]), lang, result)
-        return result
-    files = (
-        [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
-    )
-    for f in files:
-        _convert_all(benchmark, read_records(f), "en", result)
-    return result
-
-
-def _load_hub(benchmark: str, languages: Sequence[str], offline: bool, result: LoadResult) -> LoadResult:
-    if offline:
-        raise EvalError(
-            f"{benchmark}: source 'hub' needs network access; this run is offline. Download the "
-            "dataset once and give its local folder, or use 'bundled'"
-        )
-    repo, config, split = HUB[benchmark]
-    if benchmark == "mmedbench":
-        from huggingface_hub import snapshot_download
-
-        root = Path(snapshot_download(repo, repo_type="dataset"))
-        for lang in languages:
-            found = sorted(root.rglob(f"{_mmedbench_file(lang)}.jsonl"))
-            test = [p for p in found if "test" in str(p).lower()] or found
-            if not test:
-                result.skipped.append((f"{repo}/{_mmedbench_file(lang)}.jsonl", "not in the download"))
-                continue
-            _convert_all(benchmark, read_records(test[0]), lang, result)
-        return result
-    from datasets import load_dataset
-
-    ds = load_dataset(repo, config, split=split)
-    _convert_all(benchmark, ((f"{repo}[{i}]", r) for i, r in enumerate(ds)), "en", result)
-    return result
+PROTOCOLS = ("loglik", "generate")
 
 
 # --------------------------------------------------------------------------- scoring: log-likelihood
@@ -308,40 +69,26 @@ class ChoiceScores:
     item: EvalItem
     logliks: list[float]
     lengths: list[int]
+    """Characters of each choice without the target delimiter (the harness's ``acc_norm`` divisor)."""
 
     @property
     def pred(self) -> str:
-        return LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i])]
+        return self.item.letters[max(range(len(self.logliks)), key=lambda i: self.logliks[i])]
 
     @property
     def pred_norm(self) -> str:
-        return LETTERS[max(range(len(self.logliks)), key=lambda i: self.logliks[i] / self.lengths[i])]
+        return self.item.letters[max(range(len(self.logliks)), key=lambda i: self.logliks[i] / self.lengths[i])]
 
 
 def loglik_scores(
     model, tokenizer, items: Sequence[EvalItem], batch_size: int = 8, progress: bool = True, device: str | None = None
 ) -> list[ChoiceScores]:
-    """Summed log-probability of each choice's continuation for every single-answer item."""
+    """Summed log-probability of each choice's continuation (:meth:`EvalItem.loglik_choices`) for every item."""
     import torch
     from tqdm.auto import tqdm
 
     device = device or str(next(model.parameters()).device)
-    requests = []  # (item index, choice index, context ids, continuation ids)
-    for i, item in enumerate(items):
-        for j, letter in enumerate(item.letters):
-            ctx, cont = encode_pair(tokenizer, item.loglik_context(), f" {letter}")
-            requests.append((i, j, ctx, cont))
-    # fast path: items whose choices are all one token after the same context need one forward pass
-    by_item: dict[int, list] = {}
-    for r in requests:
-        by_item.setdefault(r[0], []).append(r)
-    single = {i for i, rs in by_item.items() if all(len(r[3]) == 1 and r[2] == rs[0][2] for r in rs)}
-    sequences: list[tuple[int, list[int], list[tuple[int, list[int]]]]] = []  # (item, input ids, [(choice, cont)])
-    for i, rs in by_item.items():
-        if i in single:
-            sequences.append((i, rs[0][2], [(r[1], r[3]) for r in rs]))
-        else:
-            sequences.extend((i, r[2] + r[3][:-1], [(r[1], r[3])]) for r in rs)
+    sequences = _loglik_sequences(tokenizer, items)
     logliks: dict[tuple[int, int], float] = {}
     order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k][1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -352,29 +99,60 @@ def loglik_scores(
             width = max(len(s[1]) for s in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (_, seq, _) in enumerate(chunk):
+            wanted: list[list[int]] = []  # per row: the positions whose next-token distribution is needed
+            for row, (_, seq, conts) in enumerate(chunk):
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
+                n = len(conts[0][1]) if len(conts) == 1 else 1
+                wanted.append(list(range(len(seq) - n, len(seq))))
+            keep = sorted({p for ps in wanted for p in ps})
             with torch.no_grad():
-                logp = torch.log_softmax(
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1
-                )
-            for row, (i, seq, conts) in enumerate(chunk):
+                logp = torch.log_softmax(_logits_at(model, ids.to(device), mask.to(device), keep).float(), -1)
+            col = {p: k for k, p in enumerate(keep)}
+            for row, (i, _seq, conts) in enumerate(chunk):
                 for j, cont in conts:
                     if len(conts) > 1:  # fast path: every choice is the next token after the context
-                        logliks[(i, j)] = float(logp[row, len(seq) - 1, cont[0]])
+                        logliks[(i, j)] = float(logp[row, col[wanted[row][0]], cont[0]])
                     else:  # general path: the continuation's tokens at the end of the sequence
-                        n = len(cont)
-                        positions = range(len(seq) - n, len(seq))
-                        logliks[(i, j)] = float(sum(logp[row, p, t] for p, t in zip(positions, cont, strict=True)))
+                        pairs = zip(wanted[row], cont, strict=True)
+                        logliks[(i, j)] = float(sum(logp[row, col[p], t] for p, t in pairs))
             bar.update(len(chunk))
     return [
-        ChoiceScores(item, [logliks[(i, j)] for j in range(len(item.options))], [len(f" {x}") for x in item.letters])
+        ChoiceScores(
+            item,
+            [logliks[(i, j)] for j in range(len(item.options))],
+            [len(c.lstrip(" ")) for c in item.loglik_choices()],
+        )
         for i, item in enumerate(items)
     ]
 
 
-# --------------------------------------------------------------------------- scoring: generation
+def _loglik_sequences(tokenizer, items: Sequence[EvalItem]) -> list[tuple[int, list[int], list[tuple[int, list[int]]]]]:
+    """(item index, input ids, [(choice index, continuation ids)]) to run: one sequence for an item whose
+    choices are all single tokens after the same context, else one per choice (context + continuation[:-1])."""
+    sequences = []
+    for i, item in enumerate(items):
+        pairs = [encode_pair(tokenizer, item.loglik_context(), c) for c in item.loglik_choices()]
+        if all(len(cont) == 1 and ctx == pairs[0][0] for ctx, cont in pairs):
+            sequences.append((i, pairs[0][0], [(j, cont) for j, (_, cont) in enumerate(pairs)]))
+        else:
+            sequences.extend((i, ctx + cont[:-1], [(j, cont)]) for j, (ctx, cont) in enumerate(pairs))
+    return sequences
+
+
+def _logits_at(model, ids, mask, positions: list[int]):
+    """Logits at ``positions`` only (``batch x len(positions) x vocab``): through the model's
+    ``logits_to_keep`` where it has one, else by indexing the full logits."""
+    import torch
+
+    keep = torch.tensor(positions, dtype=torch.long, device=ids.device)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        if logits.shape[1] == len(positions):
+            return logits
+    except TypeError:  # a model class without logits_to_keep
+        pass
+    return model(input_ids=ids, attention_mask=mask).logits.index_select(1, keep)
 
 
 # --------------------------------------------------------------------------- running
@@ -398,82 +176,167 @@ def evaluate_model(
     model,
     tokenizer,
     items: Sequence[EvalItem],
-    protocols: Sequence[str] = ("loglik", "generate"),
+    protocols: Sequence[str] = PROTOCOLS,
     batch_size: int = 8,
     max_new_tokens: int = 32,
     progress: bool = True,
 ) -> list[ItemResult]:
     """Score ``items`` with each protocol; one :class:`ItemResult` per item and protocol (multi-answer items
     only under ``generate``)."""
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise EvalError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
     out: list[ItemResult] = []
     if "loglik" in protocols:
-        single = [it for it in items if not it.multi]
-        for s in loglik_scores(model, tokenizer, single, batch_size, progress):
-            for proto, pred in (("loglik", s.pred), ("loglik_norm", s.pred_norm)):
+        out += _loglik_results(name, model, tokenizer, [it for it in items if not it.multi], batch_size, progress)
+    if "generate" in protocols:
+        out += _generate_results(name, model, tokenizer, items, batch_size, max_new_tokens, progress)
+    return out
+
+
+def _loglik_results(name, model, tokenizer, items, batch_size, progress) -> list[ItemResult]:
+    out = []
+    for s in loglik_scores(model, tokenizer, items, batch_size, progress):
+        for proto, pred in (("loglik", s.pred), ("loglik_norm", s.pred_norm)):
+            it = s.item
+            out.append(ItemResult(name, it.benchmark, it.lang, proto, it.id, it.answers, [pred], [pred] == it.answers))
+    return out
+
+
+def _generate_results(name, model, tokenizer, items, batch_size, max_new_tokens, progress) -> list[ItemResult]:
+    from tqdm.auto import tqdm
+
+    from ..core.llm import GenerationParams, LocalBackend
+
+    backend = LocalBackend.from_loaded(model, tokenizer, batch_size=batch_size, name=name)
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    out = []
+    with tqdm(total=len(items), desc="generate", unit="item", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            replies = backend.generate([[{"role": "user", "content": it.chat_prompt()}] for it in chunk], params)
+            for it, reply in zip(chunk, replies, strict=True):
+                pred = extract_answers(reply.text, len(it.options))
                 out.append(
                     ItemResult(
                         name,
-                        s.item.benchmark,
-                        s.item.lang,
-                        proto,
-                        s.item.id,
-                        s.item.answers,
-                        [pred],
-                        [pred] == s.item.answers,
+                        it.benchmark,
+                        it.lang,
+                        "generate",
+                        it.id,
+                        it.answers,
+                        pred,
+                        pred == it.answers,
+                        reply.text[:300],
                     )
                 )
-    if "generate" in protocols:
-        from tqdm.auto import tqdm
-
-        from ..core.llm import GenerationParams, LocalBackend
-
-        backend = LocalBackend.from_loaded(model, tokenizer, batch_size=batch_size, name=name)
-        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
-        with tqdm(total=len(items), desc="generate", unit="item", disable=not progress) as bar:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                replies = backend.generate([[{"role": "user", "content": it.chat_prompt()}] for it in chunk], params)
-                for it, reply in zip(chunk, replies, strict=True):
-                    pred = extract_answers(reply.text, len(it.options))
-                    out.append(
-                        ItemResult(
-                            name,
-                            it.benchmark,
-                            it.lang,
-                            "generate",
-                            it.id,
-                            it.answers,
-                            pred,
-                            pred == it.answers,
-                            reply.text[:300],
-                        )
-                    )
-                bar.update(len(chunk))
+            bar.update(len(chunk))
     return out
 
 
 def summarize(results: Iterable[ItemResult]) -> list[dict[str, Any]]:
-    """Tidy rows: model x benchmark x language x protocol with n, correct, accuracy and its 95 % interval."""
-    groups: dict[tuple[str, str, str, str], list[bool]] = {}
+    """Tidy rows: model x benchmark x language x protocol with n, correct, accuracy, its 95 % interval, and the
+    replies no answer could be read from (``unparsed``, ``unparsed_rate``; always 0 for log-likelihood)."""
+    groups: dict[tuple[str, str, str, str], list[ItemResult]] = {}
     for r in results:
-        groups.setdefault((r.model, r.benchmark, r.lang, r.protocol), []).append(r.correct)
+        groups.setdefault((r.model, r.benchmark, r.lang, r.protocol), []).append(r)
     rows = []
-    for (model, bench, lang, proto), hits in sorted(groups.items()):
-        lo, hi = wilson_interval(sum(hits), len(hits))
+    for (model, bench, lang, proto), group in sorted(groups.items()):
+        hits = sum(r.correct for r in group)
+        unparsed = sum(not r.pred for r in group)
+        lo, hi = wilson_interval(hits, len(group))
         rows.append(
             {
                 "model": model,
                 "benchmark": bench,
                 "lang": lang,
                 "protocol": proto,
-                "n": len(hits),
-                "correct": sum(hits),
-                "accuracy": sum(hits) / len(hits),
+                "n": len(group),
+                "correct": hits,
+                "accuracy": hits / len(group),
                 "ci_low": lo,
                 "ci_high": hi,
+                "unparsed": unparsed,
+                "unparsed_rate": unparsed / len(group),
             }
         )
     return rows
+
+
+def _pooled(results: Iterable[ItemResult]) -> list[ItemResult]:
+    return [ItemResult(r.model, r.benchmark, "all", r.protocol, r.item_id, r.gold, r.pred, r.correct) for r in results]
+
+
+def summarize_overall(results: Iterable[ItemResult]) -> list[dict[str, Any]]:
+    """Like :func:`summarize`, with every language of a benchmark pooled (``lang`` = ``all``)."""
+    return summarize(_pooled(results))
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: under "no difference" the items only one model gets right split like
+    fair coin flips, so ``min(only_a, only_b)`` is binomial(only_a + only_b, 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare_models(results: Iterable[ItemResult], models: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every pair of models on the items both answered, per benchmark, language (and ``all`` languages pooled)
+    and protocol: accuracies, the discordant counts and the exact McNemar p-value."""
+    results = list(results)
+    names = list(models) if models else list(dict.fromkeys(r.model for r in results))
+    table: dict[tuple[str, str, str], dict[str, dict[str, bool]]] = {}
+    for r in results + _pooled(results):
+        table.setdefault((r.benchmark, r.lang, r.protocol), {}).setdefault(r.model, {})[r.item_id] = r.correct
+    rows = []
+    for (bench, lang, proto), by_model in sorted(table.items()):
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if a not in by_model or b not in by_model:
+                    continue
+                shared = sorted(set(by_model[a]) & set(by_model[b]))
+                if not shared:
+                    continue
+                ra, rb = by_model[a], by_model[b]
+                only_a = sum(ra[k] and not rb[k] for k in shared)
+                only_b = sum(rb[k] and not ra[k] for k in shared)
+                rows.append(
+                    {
+                        "benchmark": bench,
+                        "lang": lang,
+                        "protocol": proto,
+                        "model_a": a,
+                        "model_b": b,
+                        "n": len(shared),
+                        "accuracy_a": sum(ra[k] for k in shared) / len(shared),
+                        "accuracy_b": sum(rb[k] for k in shared) / len(shared),
+                        "only_a": only_a,
+                        "only_b": only_b,
+                        "p_value": mcnemar_exact(only_a, only_b),
+                    }
+                )
+    return rows
+
+
+def describe_comparison(row: dict[str, Any], alpha: float = 0.05) -> str:
+    """One sentence for a :func:`compare_models` row, saying whether the difference is evidence at ``alpha``."""
+    a, b = row["model_a"], row["model_b"]
+    where = f"{row['benchmark']} ({'all languages' if row['lang'] == 'all' else row['lang']}, {row['protocol']})"
+    if row["p_value"] < alpha:
+        better = a if row["only_a"] > row["only_b"] else b
+        verdict = f"{better} is better at the {alpha:.0%} level"
+    else:
+        verdict = f"no evidence of a difference at the {alpha:.0%} level"
+    return (
+        f"{a} vs {b} on {where}: {100 * row['accuracy_a']:.1f}% vs {100 * row['accuracy_b']:.1f}% on "
+        f"{row['n']} paired items; {row['only_a']} right only for {a}, {row['only_b']} only for {b}; "
+        f"exact McNemar p = {row['p_value']:.3g}: {verdict}."
+    )
 
 
 def load_eval_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "auto"):
@@ -490,20 +353,14 @@ def load_eval_model(path: str | Path, adapter: str | Path | None = None, dtype: 
     return model.eval(), tok
 
 
-def results_to_json(rows: list[dict], items: list[ItemResult], path: Path) -> Path:
+def results_to_json(
+    rows: list[dict], items: list[ItemResult], path: Path, comparisons: list[dict] | None = None
+) -> Path:
+    """``{"summary": rows, "comparisons": [...], "items": [...]}`` written atomically to ``path``."""
     from ..core.artifacts import atomic_write_text
 
-    return atomic_write_text(
-        path, json.dumps({"summary": rows, "items": [asdict(i) for i in items]}, ensure_ascii=False, indent=1) + "\n"
-    )
-
-
-def summarize_overall(results: Iterable[ItemResult]) -> list[dict[str, Any]]:
-    """Like :func:`summarize`, with every language of a benchmark pooled (``lang`` = ``all``)."""
-    pooled = [
-        ItemResult(r.model, r.benchmark, "all", r.protocol, r.item_id, r.gold, r.pred, r.correct) for r in results
-    ]
-    return summarize(pooled)
+    data = {"summary": rows, "comparisons": comparisons or [], "items": [asdict(i) for i in items]}
+    return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 MODELS: dict[str, tuple[str, str | None]] = {
