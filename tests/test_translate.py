@@ -92,7 +92,8 @@ def test_fields_and_rebuild_keep_the_structure():
 
 class TaggingTranslator:
     """A reversible test translator: forward adds a target tag, backward removes it; for ``lossy`` targets the
-    back-translation loses its last word. The cycle, the scorer and the filter under test are the real ones."""
+    back-translation keeps only the first half of its words (a truncated round trip). The cycle, the scorer and the
+    filter under test are the real ones."""
 
     def __init__(self, lossy=(), failing=()):
         self.lossy, self.failing, self.calls = set(lossy), set(failing), 0
@@ -110,7 +111,8 @@ class TaggingTranslator:
                 out.append(Completion(f"[{tgt}] {t}"))
             else:
                 back = t.split("] ", 1)[1]
-                out.append(Completion(back.rsplit(" ", 1)[0] if src in self.lossy else back))
+                words = back.split()
+                out.append(Completion(" ".join(words[: max(1, len(words) // 2)]) if src in self.lossy else back))
         return out
 
 
@@ -150,8 +152,9 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     rows = {r["id"]: r for r in result.rows()}
     assert len(rows) == (2 + 1) * 2  # 2 IFT + 1 MC sources (max 2 per dataset) x 2 targets
     assert tr.calls == 2 * (2 * 2 + 6) * 2  # fields x targets, forward and back
-    assert rows["i0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6) and rows["i0|fr"]["kept"]
-    assert rows["i0|ja"]["ccts"] < 0.8 and rows["i0|ja"]["reason"] == "below_threshold"
+    assert rows["i0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-4) and rows["i0|fr"]["kept"]
+    assert rows["i0|ja"]["ccts"] < 0.8 and rows["i0|ja"]["reason"] in ("below_threshold", "meaning_changed")
+    assert all(r["reason"] in ("kept", "below_threshold", "meaning_changed") for r in rows.values())
     assert {r["id"] for r in rows.values() if r["kept"]} == {"i0|fr", "i1|fr", "m0|fr"}
     kept_mc = result.kept["mc"][0]
     assert kept_mc.lang == "fr" and kept_mc.options[0] == "[fr] Right coronary artery" and kept_mc.answer == "A"
@@ -160,13 +163,14 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     assert [it.id for it in saved] == ["m0|fr"] and saved[0].origin == "translated"
     assert len([json.loads(x) for x in run.ccts_scores.read_text().splitlines()]) == 6
 
-    # a lower threshold keeps the lossy pairs too, without translating again
+    # threshold 0 without the meaning guard keeps the lossy pairs too, without translating again
     lower = load_profile(
         "smoke",
         {
             "languages": ["en", "fr", "ja"],
             "ccts.max_source_samples": 2,
-            "ccts.threshold": 0.3,
+            "ccts.threshold": 0.0,
+            "ccts.meaning_guard": False,
             "ccts.check_target_language": False,
         },
     )
@@ -194,9 +198,9 @@ def test_untranslated_copies_are_caught_by_the_target_language_check(tmp_path):
     )
     result = run_expansion(cfg, RunLayout(tmp_path), Copier(), CCTSScorer(), {"ift": [item]}, progress=False)
     rows = {r["id"]: r for r in result.rows()}
-    assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-6)  # copied, so the round trip is perfect
+    assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-4)  # copied: a perfect round trip (calibrated: 0.99994)
     assert rows["s0|es"]["reason"] == "wrong_target_language" and not rows["s0|es"]["kept"]
-    assert rows["s0|fr"]["reason"] == "kept" and rows["s0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["s0|fr"]["reason"] == "kept" and rows["s0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-4)
 
 
 Q_EN = "What is the first-line treatment of anaphylaxis?"
