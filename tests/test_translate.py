@@ -231,3 +231,55 @@ def test_language_names_cover_the_course():
     from mmed_helpers.core.languages import TABLE
 
     assert set(TABLE) == {"en", "zh", "ja", "fr", "ru", "es"} and all(row.name for row in TABLE.values())
+
+
+# --------------------------------------------------------------------------- the real MT tokenizer classes
+
+
+@pytest.fixture(scope="module")
+def real_mt_dirs(tmp_path_factory):
+    from mmed_helpers.core.tiny import build_tiny_mt
+
+    return {style: build_tiny_mt(tmp_path_factory.mktemp("mt") / style, style) for style in ("nllb", "m2m")}
+
+
+@pytest.mark.parametrize("style", ["nllb", "m2m"])
+def test_translation_through_the_real_tokenizer_classes(real_mt_dirs, style):
+    """NllbTokenizer(Fast) and M2M100Tokenizer, built from a locally trained sentencepiece model: the source code
+    is where the real class puts it, the target code is the first generated token, forward and back."""
+    from transformers import M2M100Tokenizer, NllbTokenizer, NllbTokenizerFast
+
+    from mmed_helpers.core.languages import TABLE
+
+    path = real_mt_dirs[style]
+    tr = Seq2SeqTranslator(path, style=style, batch_size=2, max_new_tokens=5)
+    for src, tgt in (("en", "ru"), ("ru", "en"), ("en", "zh"), ("ja", "en")):
+        tok, model, inputs, kwargs = tr.prepare(TEXTS[:2], src, tgt)
+        if style == "nllb":
+            assert isinstance(tok, NllbTokenizer) and NllbTokenizerFast is NllbTokenizer  # one class in v5
+            src_tok, tgt_tok = TABLE[src].nllb, TABLE[tgt].nllb
+        else:
+            assert isinstance(tok, M2M100Tokenizer) and tok.src_lang == TABLE[src].m2m == src
+            src_tok, tgt_tok = TABLE[src].m2m_token, TABLE[tgt].m2m_token
+            assert tok.get_lang_id(src) == tok.convert_tokens_to_ids(src_tok)
+        ids = tok(inputs[0]).input_ids
+        assert tok.convert_ids_to_tokens(ids[0]) == src_tok and ids[-1] == tok.eos_token_id  # [src] text </s>
+        assert kwargs["forced_bos_token_id"] == tok.convert_tokens_to_ids(tgt_tok) != tok.unk_token_id
+        enc = tok(inputs, return_tensors="pt", padding=True)
+        gen = model.generate(**enc, max_new_tokens=3, do_sample=False, **kwargs)
+        assert tok.convert_ids_to_tokens(int(gen[0, 1])) == tgt_tok  # after the decoder start token
+        out = tr.translate(TEXTS, src, tgt)
+        assert len(out) == 3 and all(c.error is None for c in out)
+        codes = {row.nllb for row in TABLE.values()} | {row.m2m_token for row in TABLE.values()}
+        assert not any(code in c.text for c in out for code in codes)  # no language token left in the text
+    with pytest.raises(TranslationError, match=f"no {style} language code for 'xx'"):
+        tr.translate(TEXTS, "en", "xx")
+
+
+def test_the_old_m2m_token_is_what_the_real_class_refuses(real_mt_dirs):
+    """The regression behind the M2M fix: ``M2M100Tokenizer`` wants ``en``, not ``__en__``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_mt_dirs["m2m"])
+    with pytest.raises(KeyError):
+        tok.src_lang = "__en__"

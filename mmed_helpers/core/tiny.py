@@ -306,8 +306,11 @@ def build_tiny_mt(
         return out
     with tempfile.TemporaryDirectory() as work:
         tokenizer = real_mt_tokenizer(style, train_sentencepiece(cfg), Path(work))
+    # M2M100Tokenizer numbers its language tokens after the pieces and made-up words: cover every id it makes
+    lang_ids = list(getattr(tokenizer, "lang_token_to_id", {}).values())
+    vocab_size = max(len(tokenizer), max(lang_ids, default=0) + 1 + getattr(tokenizer, "num_madeup_words", 0))
     model_cfg = M2M100Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         d_model=cfg.hidden_size,
         encoder_layers=1,
         decoder_layers=1,
