@@ -139,6 +139,8 @@ class CCTSScorer:
         self.device = device
         self.form = form
         self.coefficients = tuple(float(x) for x in coefficients)
+        self.calibration: CalibrationResult | None = None
+        """The fit behind ``coefficients`` when they were fitted here (``calibration: fit``)."""
         self._bert = None
 
     @classmethod
@@ -157,7 +159,8 @@ class CCTSScorer:
             coefficients=(ccts_cfg.bleu_coef, ccts_cfg.bertscore_coef, ccts_cfg.intercept),
         )
         if ccts_cfg.score_form == "calibrated" and ccts_cfg.calibration == "fit":
-            scorer.coefficients = fit_calibration(scorer).coefficients
+            scorer.calibration = fit_calibration(scorer)
+            scorer.coefficients = scorer.calibration.coefficients
         return scorer
 
     def describe(self) -> dict[str, object]:
