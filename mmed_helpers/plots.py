@@ -150,7 +150,7 @@ def plot_ccts_calibration(calibration, threshold: float, lang: str | None = None
         ax.set_xlabel("unfaithful kept (false positive rate)")
         ax.set_ylabel("faithful kept (true positive rate)")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     return _finish(fig, save_to)
 
 

@@ -264,3 +264,23 @@ def test_keep_mask_is_the_whole_decision():
     # at threshold 0 only the guard decides: the unrelated text lost the number 12
     zero = load_profile("smoke", {"ccts.threshold": 0.0}).ccts
     assert keep_mask(sources, backs, "en", zero) == [True, False, False, False]
+
+
+def test_calibration_fit_mode_fits_for_the_profile_encoder(calibration):
+    """``calibration: fit`` (colab, full) fits the coefficients when the scorer is built; the fixed ones are
+    ignored then."""
+    cc = load_profile("smoke", {"ccts.calibration": "fit", "ccts.bleu_coef": 0.0, "ccts.intercept": 0.0}).ccts
+    scorer = CCTSScorer.from_config(cc)
+    assert scorer.calibration is not None
+    assert scorer.coefficients == pytest.approx(calibration.coefficients, abs=1e-6)
+    with pytest.raises(ValueError, match="ccts.calibration must be one of"):
+        CCTSScorer.from_config(load_profile("smoke", {"ccts.calibration": "auto"}).ccts)
+    with pytest.raises(ValueError, match="ccts.score_form must be one of"):
+        CCTSScorer(form="median")
+
+
+def test_calibration_plot(calibration, tmp_path):
+    from mmed_helpers.plots import plot_ccts_calibration
+
+    plot_ccts_calibration(calibration, 0.8, lang="en", save_to=tmp_path / "cal.png")
+    assert (tmp_path / "cal.png").stat().st_size > 5000
