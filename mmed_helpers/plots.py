@@ -106,6 +106,54 @@ def plot_threshold_sweep(rows: Sequence[dict], threshold: float, save_to: str | 
     return _finish(fig, save_to)
 
 
+def plot_ccts_calibration(calibration, threshold: float, lang: str | None = None, save_to: str | Path | None = None):
+    """The calibration of CCTS on the labelled round trips (a :class:`~mmed_helpers.steps.ccts.CalibrationResult`):
+    the calibrated score of faithful, unfaithful (hand-written) and gross-failure (derived) round trips with the
+    threshold marked, and the ROC curves of each ingredient and of CCTS, with the point the threshold picks."""
+    import matplotlib.pyplot as plt
+
+    from .steps.ccts import roc_curve
+
+    rows = [r for r in calibration.rows() if lang is None or r["lang"] == lang]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    bins = [i / 20 for i in range(21)]
+    groups = (
+        ("faithful", lambda r: r["faithful"], "#55A868"),
+        ("unfaithful (written)", lambda r: not r["faithful"] and not r["derived"], "#C44E52"),
+        ("gross failure (derived)", lambda r: r["derived"], "#8172B2"),
+    )
+    for name, keep, color in groups:
+        ax1.hist([r["ccts"] for r in rows if keep(r)], bins=bins, alpha=0.55, color=color, label=name)
+    ax1.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    ax1.set_xlabel("calibrated CCTS")
+    ax1.set_ylabel("round trips")
+    ax1.legend(fontsize=7)
+    ax1.set_title("Where the labelled round trips score")
+    for ax, derived, title in (
+        (ax2, False, "ROC: faithful vs written unfaithful"),
+        (ax3, True, "ROC: vs gross failures"),
+    ):
+        sub = [r for r in rows if r["faithful"] or r["derived"] == derived]
+        y = [r["faithful"] for r in sub]
+        for key, label in (("bleu", "BLEU"), ("bertscore", "BERTScore F1"), ("ccts", "CCTS (calibrated)")):
+            fpr, tpr, _ = roc_curve([r[key] for r in sub], y)
+            ax.plot(fpr, tpr, label=label, linewidth=1.5 if key == "ccts" else 1)
+        keep = [r["ccts"] >= threshold for r in sub]
+        tp = sum(k and t for k, t in zip(keep, y, strict=True)) / max(sum(y), 1)
+        fp = sum(k and not t for k, t in zip(keep, y, strict=True)) / max(len(y) - sum(y), 1)
+        ax.plot([fp], [tp], "ko", label=f"CCTS >= {threshold}")
+        guard_keep = [r["ccts"] >= threshold and not r["guard"] for r in sub]
+        gtp = sum(k and t for k, t in zip(guard_keep, y, strict=True)) / max(sum(y), 1)
+        gfp = sum(k and not t for k, t in zip(guard_keep, y, strict=True)) / max(len(y) - sum(y), 1)
+        ax.plot([gfp], [gtp], "k*", markersize=10, label="+ meaning guard")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+        ax.set_xlabel("unfaithful kept (false positive rate)")
+        ax.set_ylabel("faithful kept (true positive rate)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    return _finish(fig, save_to)
+
+
 def plot_losses(curves: dict[str, Sequence[tuple[int, float]]], save_to: str | Path | None = None):
     """Training loss against step, one line per run (``TrainResult.losses``)."""
     import matplotlib.pyplot as plt

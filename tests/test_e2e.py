@@ -68,10 +68,14 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     m02 = json.loads((ccts_dir / "manifest.json").read_text())
     assert m02["outputs"]["threshold"] == 0.8 and m02["outputs"]["kept"] == {"ift": 0, "mc": 0}
     assert len(load_from_disk(str(ccts_dir / "mmed_ift_mc_translated"))) == 0
-    for png in ("ccts_histograms.png", "threshold_sweep.png"):
+    for png in ("ccts_histograms.png", "threshold_sweep.png", "ccts_calibration.png"):
         assert (ccts_dir / png).stat().st_size > 5000
+    assert sum(m02["outputs"]["reasons"].values()) == len(scores)
+    decision = m02["outputs"]["calibration"]["metrics"][-1]
+    assert decision["faithful_kept"] >= 0.9 and decision["unfaithful_rejected"] >= 0.85  # on the shipped pairs
 
-    # changing the threshold in the notebook's parameters changes the kept set (no retranslation) and the manifest
+    # changing the threshold in the notebook's parameters changes the kept set (no retranslation) and the manifest;
+    # with the meaning guard off too, the threshold alone decides, so every complete pair is kept
     import shutil
 
     first_run_dir = run
@@ -93,6 +97,8 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
             "ccts.threshold=0.0",
             "--set",
             "ccts.check_target_language=false",
+            "--set",
+            "ccts.meaning_guard=false",
         ],
         capture_output=True,
         text=True,

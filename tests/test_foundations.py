@@ -43,7 +43,7 @@ OPTIONS = ["Thiamine", "Cobalamin", "Folate", "Niacin", "Pyridoxine"]
 
 def test_the_language_table_is_the_course():
     assert LANGUAGES == ("en", "zh", "ja", "fr", "ru", "es") == tuple(TABLE)
-    assert language("ru").nllb == "rus_Cyrl" and language("zh").m2m == "__zh__"
+    assert language("ru").nllb == "rus_Cyrl" and language("zh").m2m == "zh" and language("zh").m2m_token == "__zh__"
     assert language_or_default("de") is TABLE["en"]
     with pytest.raises(KeyError, match="unknown language 'de'"):
         language("de")

@@ -92,7 +92,8 @@ def test_fields_and_rebuild_keep_the_structure():
 
 class TaggingTranslator:
     """A reversible test translator: forward adds a target tag, backward removes it; for ``lossy`` targets the
-    back-translation loses its last word. The cycle, the scorer and the filter under test are the real ones."""
+    back-translation keeps only the first half of its words (a truncated round trip). The cycle, the scorer and the
+    filter under test are the real ones."""
 
     def __init__(self, lossy=(), failing=()):
         self.lossy, self.failing, self.calls = set(lossy), set(failing), 0
@@ -110,7 +111,8 @@ class TaggingTranslator:
                 out.append(Completion(f"[{tgt}] {t}"))
             else:
                 back = t.split("] ", 1)[1]
-                out.append(Completion(back.rsplit(" ", 1)[0] if src in self.lossy else back))
+                words = back.split()
+                out.append(Completion(" ".join(words[: max(1, len(words) // 2)]) if src in self.lossy else back))
         return out
 
 
@@ -150,8 +152,9 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     rows = {r["id"]: r for r in result.rows()}
     assert len(rows) == (2 + 1) * 2  # 2 IFT + 1 MC sources (max 2 per dataset) x 2 targets
     assert tr.calls == 2 * (2 * 2 + 6) * 2  # fields x targets, forward and back
-    assert rows["i0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6) and rows["i0|fr"]["kept"]
-    assert rows["i0|ja"]["ccts"] < 0.8 and rows["i0|ja"]["reason"] == "below_threshold"
+    assert rows["i0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-4) and rows["i0|fr"]["kept"]
+    assert rows["i0|ja"]["ccts"] < 0.8 and rows["i0|ja"]["reason"] in ("below_threshold", "meaning_changed")
+    assert all(r["reason"] in ("kept", "below_threshold", "meaning_changed") for r in rows.values())
     assert {r["id"] for r in rows.values() if r["kept"]} == {"i0|fr", "i1|fr", "m0|fr"}
     kept_mc = result.kept["mc"][0]
     assert kept_mc.lang == "fr" and kept_mc.options[0] == "[fr] Right coronary artery" and kept_mc.answer == "A"
@@ -160,13 +163,14 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     assert [it.id for it in saved] == ["m0|fr"] and saved[0].origin == "translated"
     assert len([json.loads(x) for x in run.ccts_scores.read_text().splitlines()]) == 6
 
-    # a lower threshold keeps the lossy pairs too, without translating again
+    # threshold 0 without the meaning guard keeps the lossy pairs too, without translating again
     lower = load_profile(
         "smoke",
         {
             "languages": ["en", "fr", "ja"],
             "ccts.max_source_samples": 2,
-            "ccts.threshold": 0.3,
+            "ccts.threshold": 0.0,
+            "ccts.meaning_guard": False,
             "ccts.check_target_language": False,
         },
     )
@@ -194,9 +198,9 @@ def test_untranslated_copies_are_caught_by_the_target_language_check(tmp_path):
     )
     result = run_expansion(cfg, RunLayout(tmp_path), Copier(), CCTSScorer(), {"ift": [item]}, progress=False)
     rows = {r["id"]: r for r in result.rows()}
-    assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-6)  # copied, so the round trip is perfect
+    assert rows["s0|es"]["ccts"] == pytest.approx(1.0, abs=1e-4)  # copied: a perfect round trip (calibrated: 0.99994)
     assert rows["s0|es"]["reason"] == "wrong_target_language" and not rows["s0|es"]["kept"]
-    assert rows["s0|fr"]["reason"] == "kept" and rows["s0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["s0|fr"]["reason"] == "kept" and rows["s0|fr"]["ccts"] == pytest.approx(1.0, abs=1e-4)
 
 
 Q_EN = "What is the first-line treatment of anaphylaxis?"
@@ -227,3 +231,55 @@ def test_language_names_cover_the_course():
     from mmed_helpers.core.languages import TABLE
 
     assert set(TABLE) == {"en", "zh", "ja", "fr", "ru", "es"} and all(row.name for row in TABLE.values())
+
+
+# --------------------------------------------------------------------------- the real MT tokenizer classes
+
+
+@pytest.fixture(scope="module")
+def real_mt_dirs(tmp_path_factory):
+    from mmed_helpers.core.tiny import build_tiny_mt
+
+    return {style: build_tiny_mt(tmp_path_factory.mktemp("mt") / style, style) for style in ("nllb", "m2m")}
+
+
+@pytest.mark.parametrize("style", ["nllb", "m2m"])
+def test_translation_through_the_real_tokenizer_classes(real_mt_dirs, style):
+    """NllbTokenizer(Fast) and M2M100Tokenizer, built from a locally trained sentencepiece model: the source code
+    is where the real class puts it, the target code is the first generated token, forward and back."""
+    from transformers import M2M100Tokenizer, NllbTokenizer, NllbTokenizerFast
+
+    from mmed_helpers.core.languages import TABLE
+
+    path = real_mt_dirs[style]
+    tr = Seq2SeqTranslator(path, style=style, batch_size=2, max_new_tokens=5)
+    for src, tgt in (("en", "ru"), ("ru", "en"), ("en", "zh"), ("ja", "en")):
+        tok, model, inputs, kwargs = tr.prepare(TEXTS[:2], src, tgt)
+        if style == "nllb":
+            assert isinstance(tok, NllbTokenizer) and NllbTokenizerFast is NllbTokenizer  # one class in v5
+            src_tok, tgt_tok = TABLE[src].nllb, TABLE[tgt].nllb
+        else:
+            assert isinstance(tok, M2M100Tokenizer) and tok.src_lang == TABLE[src].m2m == src
+            src_tok, tgt_tok = TABLE[src].m2m_token, TABLE[tgt].m2m_token
+            assert tok.get_lang_id(src) == tok.convert_tokens_to_ids(src_tok)
+        ids = tok(inputs[0]).input_ids
+        assert tok.convert_ids_to_tokens(ids[0]) == src_tok and ids[-1] == tok.eos_token_id  # [src] text </s>
+        assert kwargs["forced_bos_token_id"] == tok.convert_tokens_to_ids(tgt_tok) != tok.unk_token_id
+        enc = tok(inputs, return_tensors="pt", padding=True)
+        gen = model.generate(**enc, max_new_tokens=3, do_sample=False, **kwargs)
+        assert tok.convert_ids_to_tokens(int(gen[0, 1])) == tgt_tok  # after the decoder start token
+        out = tr.translate(TEXTS, src, tgt)
+        assert len(out) == 3 and all(c.error is None for c in out)
+        codes = {row.nllb for row in TABLE.values()} | {row.m2m_token for row in TABLE.values()}
+        assert not any(code in c.text for c in out for code in codes)  # no language token left in the text
+    with pytest.raises(TranslationError, match=f"no {style} language code for 'xx'"):
+        tr.translate(TEXTS, "en", "xx")
+
+
+def test_the_old_m2m_token_is_what_the_real_class_refuses(real_mt_dirs):
+    """The regression behind the M2M fix: ``M2M100Tokenizer`` wants ``en``, not ``__en__``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_mt_dirs["m2m"])
+    with pytest.raises(KeyError):
+        tok.src_lang = "__en__"

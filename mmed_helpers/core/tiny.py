@@ -223,3 +223,109 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
         M2M100ForConditionalGeneration, model_cfg, tokenizer, cfg.seed, decoder_start_token_id=tokenizer.eos_token_id
     )
     return _save(out, model, tokenizer, want)
+
+
+MT_STYLES = ("nllb", "m2m")
+
+
+def train_sentencepiece(cfg: TinyModelConfig, lines: list[str] | None = None) -> bytes:
+    """A sentencepiece BPE model trained on the bundled corpus (all six languages, every character kept), with
+    the fairseq special ids the NLLB and M2M-100 tokenizers expect: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2,
+    ``<unk>`` 3. Returns the serialised model."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = tokenizer_training_text() if lines is None else lines
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=min(cfg.vocab_size, 2000),
+        model_type="bpe",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        bos_id=0,
+        pad_id=1,
+        eos_id=2,
+        unk_id=3,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def real_mt_tokenizer(style: str, spm_model: bytes, work_dir: Path):
+    """The real tokenizer class of an MT model family, built from ``spm_model``: ``NllbTokenizer`` (the fast,
+    tokenizers-backed class; ``NllbTokenizerFast`` is the same class in transformers 5) for ``nllb``,
+    ``M2M100Tokenizer`` (sentencepiece + ``vocab.json``) for ``m2m``. Both add their own language codes
+    (``eng_Latn`` ...; ``__en__`` ... addressed as ``en``)."""
+    if style not in MT_STYLES:
+        raise ValueError(f"tiny MT style must be one of {MT_STYLES}, got {style!r}")
+    import sentencepiece as spm
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model_file = work_dir / "sentencepiece.bpe.model"
+    model_file.write_bytes(spm_model)
+    if style == "nllb":
+        from tokenizers.models import BPE
+        from transformers import NllbTokenizer
+        from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+        parts = SentencePieceExtractor(str(model_file)).extract(BPE)
+        return NllbTokenizer(
+            vocab=parts["vocab"],
+            merges=parts["merges"],
+            _spm_precompiled_charsmap=parts.get("_spm_precompiled_charsmap"),
+            src_lang=TABLE["en"].nllb,
+            tgt_lang=TABLE["fr"].nllb,
+        )
+    from transformers import M2M100Tokenizer
+
+    sp = spm.SentencePieceProcessor(model_proto=spm_model)
+    vocab_file = work_dir / "vocab.json"
+    vocab_file.write_text(json.dumps({sp.id_to_piece(i): i for i in range(sp.get_piece_size())}, ensure_ascii=False))
+    return M2M100Tokenizer(str(vocab_file), str(model_file), src_lang=TABLE["en"].m2m, tgt_lang=TABLE["fr"].m2m)
+
+
+def build_tiny_mt(
+    out_dir: str | Path, style: str = "nllb", cfg: TinyModelConfig | None = None, overwrite: bool = False
+) -> Path:
+    """A tiny translation model of a real family, built offline: the family's own tokenizer class
+    (:func:`real_mt_tokenizer`, from a sentencepiece model trained on the bundled corpus) and a tiny
+    ``M2M100ForConditionalGeneration`` (the architecture of both NLLB-200 and M2M-100) with random weights. It
+    exercises the seq2seq translator with the real language-code handling; its output is noise."""
+    import tempfile
+
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    cfg = cfg or TinyModelConfig()
+    out = Path(out_dir).expanduser().resolve()
+    want = {**recipe(cfg), "kind": f"seq2seq-{style}-real-tokenizer"}
+    if _reusable(out, want, overwrite, f"tiny {style} model"):
+        return out
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = real_mt_tokenizer(style, train_sentencepiece(cfg), Path(work))
+    # M2M100Tokenizer numbers its language tokens after the pieces and made-up words: cover every id it makes
+    lang_ids = list(getattr(tokenizer, "lang_token_to_id", {}).values())
+    vocab_size = max(len(tokenizer), max(lang_ids, default=0) + 1 + getattr(tokenizer, "num_madeup_words", 0))
+    model_cfg = M2M100Config(
+        vocab_size=vocab_size,
+        d_model=cfg.hidden_size,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=cfg.num_attention_heads,
+        decoder_attention_heads=cfg.num_attention_heads,
+        encoder_ffn_dim=cfg.intermediate_size,
+        decoder_ffn_dim=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        scale_embedding=True,
+    )
+    model = _seeded_model(
+        M2M100ForConditionalGeneration, model_cfg, tokenizer, cfg.seed, decoder_start_token_id=tokenizer.eos_token_id
+    )
+    return _save(out, model, tokenizer, want)

@@ -6,13 +6,14 @@ Translators share one interface, ``translate(texts, src, tgt) -> list[Completion
 * :class:`LLMTranslator` - a prompted chat model through the generation backends of notebook 01 (a local model
   or any OpenAI-compatible endpoint); the prompt is ``mmed_helpers/data/prompts/translate.yaml``;
 * :class:`Seq2SeqTranslator` - a transformers seq2seq MT model, batched: NLLB-200 (``eng_Latn`` ...), M2M-100
-  (``__en__`` ...) or Marian (one model per language pair, ``Helsinki-NLP/opus-mt-{src}-{tgt}``).
+  (``en`` ...) or Marian (one model per language pair, ``Helsinki-NLP/opus-mt-{src}-{tgt}``).
 
 Each sample's fields (question, answer; or question, every option, rationale) are translated separately, so
 the structure survives. The cycle is resumable exactly like generation: forward and backward translations are
 appended to ``raw/forward.jsonl`` and ``raw/backward.jsonl`` under stable ids
 (``<sample id>|<target>|<field>``), and a rerun translates nothing twice. CCTS is then computed on the joined
-fields of the source and of the back-translation, and samples with CCTS >= the threshold are kept, provided
+fields of the source and of the back-translation, and samples with CCTS >= the threshold that pass the meaning
+guard (``ccts.meaning_guard``: numbers, units, negations, opposite and medical terms unchanged) are kept, provided
 the forward translation is in the target language (``ccts.check_target_language``: an untranslated copy would
 otherwise pass with a perfect round trip)::
 
@@ -41,7 +42,7 @@ from ..core.llm import Backend, Completion, GenerationParams, make_backend
 from ..core.mcformat import LETTERS
 from ..core.quality import is_language
 from ..core.records import IFTSample, MCItem, Record, records_dataset, save_dataset
-from .ccts import CCTSScore, CCTSScorer
+from .ccts import CCTSScore, CCTSScorer, decide
 
 PROMPT_PATH = PROMPTS_DIR / "translate.yaml"
 SCORE_COLUMNS = ("ccts", "bleu", "bertscore")
@@ -129,28 +130,46 @@ class Seq2SeqTranslator:
             self._loaded[name] = (tok, model)
         return self._loaded[name]
 
-    def _code(self, tok, lang: str) -> str:
+    def _codes(self, tok, lang: str) -> tuple[str, str]:
+        """(the code the tokenizer's ``src_lang`` takes, the language token in the vocabulary): NLLB
+        ``eng_Latn`` for both; M2M-100 ``en`` and ``__en__``."""
         row = TABLE.get(lang)
-        code = None if row is None else (row.nllb if self.style == "nllb" else row.m2m)
-        if code is None or tok.convert_tokens_to_ids(code) in (None, tok.unk_token_id):
-            raise TranslationError(f"{self.model_name} has no {self.style} language code for {lang!r} ({code})")
-        return code
+        code, token = (
+            (None, None) if row is None else (row.nllb, row.nllb) if self.style == "nllb" else (row.m2m, row.m2m_token)
+        )
+        if token is None or tok.convert_tokens_to_ids(token) in (None, tok.unk_token_id):
+            raise TranslationError(f"{self.model_name} has no {self.style} language code for {lang!r} ({token})")
+        return code, token
+
+    def prepare(self, texts: list[str], src: str, tgt: str):
+        """(tokenizer, model, inputs, generation kwargs) for one language pair: the source language set on
+        the tokenizer (or prefixed, for a tokenizer without ``src_lang``), the target forced as the first
+        generated token."""
+        if self.style == "marian":
+            tok, model = self._load(self.model_name.format(src=src, tgt=tgt))
+            return tok, model, list(texts), {}
+        tok, model = self._load(self.model_name)
+        (src_code, src_token), (_, tgt_token) = self._codes(tok, src), self._codes(tok, tgt)
+        if hasattr(tok, "src_lang"):  # NllbTokenizer / M2M100Tokenizer place the source code themselves
+            tok.src_lang = src_code
+            inputs = list(texts)
+        else:
+            inputs = [f"{src_token} {t}" for t in texts]
+        return tok, model, inputs, {"forced_bos_token_id": tok.convert_tokens_to_ids(tgt_token)}
+
+    def _language_ids(self, tok) -> set[int]:
+        """Ids of every course language's code token (stripped from outputs: M2M100Tokenizer keeps them when
+        decoding with ``skip_special_tokens``)."""
+        if self.style == "marian":
+            return set()
+        tokens = [row.nllb if self.style == "nllb" else row.m2m_token for row in TABLE.values()]
+        return {i for i in tok.convert_tokens_to_ids(tokens) if i is not None and i != tok.unk_token_id}
 
     def translate(self, texts: list[str], src: str, tgt: str) -> list[Completion]:
         import torch
 
-        if self.style == "marian":
-            tok, model = self._load(self.model_name.format(src=src, tgt=tgt))
-            inputs, gen_kwargs = list(texts), {}
-        else:
-            tok, model = self._load(self.model_name)
-            src_code, tgt_code = self._code(tok, src), self._code(tok, tgt)
-            if hasattr(tok, "src_lang"):  # NLLB / M2M tokenizers place the source code themselves
-                tok.src_lang = src_code
-                inputs = list(texts)
-            else:
-                inputs = [f"{src_code} {t}" for t in texts]
-            gen_kwargs = {"forced_bos_token_id": tok.convert_tokens_to_ids(tgt_code)}
+        tok, model, inputs, gen_kwargs = self.prepare(texts, src, tgt)
+        drop = self._language_ids(tok)
         out: list[Completion] = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start : start + self.batch_size]
@@ -159,7 +178,8 @@ class Seq2SeqTranslator:
                 gen = model.generate(
                     **enc, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False, **gen_kwargs
                 )
-            for row in tok.batch_decode(gen, skip_special_tokens=True):
+            rows = [[i for i in row.tolist() if i not in drop] for row in gen]
+            for row in tok.batch_decode(rows, skip_special_tokens=True):
                 out.append(Completion(row.strip()))
         return out
 
@@ -221,7 +241,9 @@ class PairResult:
     score: CCTSScore | None
     kept: bool
     reason: str
-    """``kept``, ``below_threshold``, ``wrong_target_language`` or ``translation_failed``."""
+    """``kept``, ``below_threshold``, ``meaning_changed``, ``wrong_target_language`` or ``translation_failed``."""
+    detail: str = ""
+    """What the meaning guard found (``number: 24 -> 72``), or the score against the threshold."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -234,6 +256,7 @@ class PairResult:
             "ccts": self.score.ccts if self.score else None,
             "kept": self.kept,
             "reason": self.reason,
+            "detail": self.detail,
             "source_text": "\n".join(sample_fields(self.source).values()),
             "translation": "\n".join(self.translated.values()) if self.translated else "",
             "back_translation": "\n".join(self.back.values()) if self.back else "",
@@ -285,8 +308,8 @@ def run_expansion(
     progress: bool = True,
 ) -> ExpansionResult:
     """Translate the source-language samples of each dataset kind into every other profile language and back,
-    score each pair with CCTS, and save the kept translations (``run.ift_translated``, ``run.mc_translated``)
-    and every score (``run.ccts_scores``) into the run."""
+    score each pair with CCTS and the meaning guard, and save the kept translations (``run.ift_translated``,
+    ``run.mc_translated``) and every score (``run.ccts_scores``) into the run."""
     cc = cfg.ccts
     targets = [lang for lang in cfg.languages if lang != cc.source_language]
     sources = {
@@ -371,19 +394,19 @@ def _collect_pairs(
 
 
 def _score_pairs(pairs: list[PairResult], scorer: CCTSScorer, cc) -> None:
-    """Score complete round trips with CCTS and decide each one: kept, below threshold or wrong language."""
-    scores = scorer.score(
-        ["\n".join(sample_fields(p.source).values()) for p in pairs],
-        ["\n".join(p.back.values()) for p in pairs],
-        cc.source_language,
-    )
-    for pr, sc in zip(pairs, scores, strict=True):
+    """Score complete round trips with CCTS and decide each one: kept, below threshold, meaning changed (the
+    meaning guard) or wrong language."""
+    sources = ["\n".join(sample_fields(p.source).values()) for p in pairs]
+    backs = ["\n".join(p.back.values()) for p in pairs]
+    scores = scorer.score(sources, backs, cc.source_language)
+    decisions = decide(scores, sources, backs, cc.source_language, cc)
+    for pr, sc, (reason, detail) in zip(pairs, scores, decisions, strict=True):
         pr.score = sc
         if cc.check_target_language and not is_language("\n".join(pr.translated.values()), pr.target_lang):
             # an untranslated copy makes a perfect round trip: CCTS alone would keep it
-            pr.reason = "wrong_target_language"
+            pr.reason, pr.detail = "wrong_target_language", ""
         else:
-            pr.reason = "kept" if sc.ccts >= cc.threshold else "below_threshold"
+            pr.reason, pr.detail = reason, detail
         pr.kept = pr.reason == "kept"
 
 
