@@ -193,7 +193,6 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
     """A tiny NLLB-style translation model (M2M-100 architecture, random weights) with the course tokenizer
     plus NLLB language-code tokens, built offline. It exercises the seq2seq translator path; its output is
     noise. Same configuration and seed give the same bytes."""
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
@@ -203,26 +202,7 @@ def build_tiny_seq2seq(out_dir: str | Path, cfg: TinyModelConfig | None = None, 
     tokenizer = train_tokenizer(cfg)
     tokenizer.add_special_tokens({"additional_special_tokens": [row.nllb for row in TABLE.values()]})
     tokenizer.eos_token = EOS_TEXT
-    model_cfg = M2M100Config(
-        vocab_size=len(tokenizer),
-        d_model=cfg.hidden_size,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=cfg.num_attention_heads,
-        decoder_attention_heads=cfg.num_attention_heads,
-        encoder_ffn_dim=cfg.intermediate_size,
-        decoder_ffn_dim=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
-        scale_embedding=True,
-    )
-    model = _seeded_model(
-        M2M100ForConditionalGeneration, model_cfg, tokenizer, cfg.seed, decoder_start_token_id=tokenizer.eos_token_id
-    )
-    return _save(out, model, tokenizer, want)
+    return _save_m2m(out, cfg, tokenizer, len(tokenizer), want)
 
 
 MT_STYLES = ("nllb", "m2m")
@@ -297,7 +277,6 @@ def build_tiny_mt(
     exercises the seq2seq translator with the real language-code handling; its output is noise."""
     import tempfile
 
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
@@ -309,6 +288,13 @@ def build_tiny_mt(
     # M2M100Tokenizer numbers its language tokens after the pieces and made-up words: cover every id it makes
     lang_ids = list(getattr(tokenizer, "lang_token_to_id", {}).values())
     vocab_size = max(len(tokenizer), max(lang_ids, default=0) + 1 + getattr(tokenizer, "num_madeup_words", 0))
+    return _save_m2m(out, cfg, tokenizer, vocab_size, want)
+
+
+def _save_m2m(out: Path, cfg: TinyModelConfig, tokenizer, vocab_size: int, want: dict) -> Path:
+    """A one-layer M2M-100 encoder-decoder of the tiny shape with seeded random weights, saved with ``tokenizer``."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
     model_cfg = M2M100Config(
         vocab_size=vocab_size,
         d_model=cfg.hidden_size,
