@@ -203,7 +203,8 @@ class RunLayout:
 
     def has(self, name: str) -> bool:
         """True if the run holds artifact ``name`` (complete: a model with its config, a saved dataset, ...)."""
-        return self._artifact(name).present(self.root / self._artifact(name).rel)
+        art = self._artifact(name)
+        return art.present(self.root / art.rel)
 
     def _artifact(self, name: str) -> Artifact:
         art = self.artifacts().get(name)

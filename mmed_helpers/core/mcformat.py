@@ -108,7 +108,7 @@ def _alternation(words) -> str:
     return "|".join(dict.fromkeys(words))
 
 
-_AND = _alternation([",", "、", "，", "/", "&", "、", "\\+"] + [w for row in TABLE.values() for w in row.and_words])
+_AND = _alternation([",", "、", "，", "/", "&", "\\+"] + [w for row in TABLE.values() for w in row.and_words])
 _FILLER = r"(?i:(?:the\s+|l'|la\s+)?(?:option|choice|proposition|opci[oó]n|вариант|选项|選択肢)s?\s*)?"
 # one letter, optionally in brackets; a list of letters joined by "and" words; or a run like "ACD"
 _ONE = r"[(\[（]?\s*[A-Ja-j]\s*[)\]）]?"
@@ -136,7 +136,7 @@ def _stands_alone(match: re.Match, text: str) -> bool:
 
 def _letters_in(group: str) -> list[str]:
     inner = re.sub(r"[(\[（）)\]]", " ", group)
-    found = re.findall(r"(?<![A-Za-z])[A-Ja-j](?![a-z])|[A-J]", inner.replace(" ", "  "))
+    found = re.findall(r"[A-J]|(?<![A-Za-z])[a-j](?![a-z])", inner)  # "et", "and" are words, not letters
     return sorted({x.upper() for x in found})
 
 

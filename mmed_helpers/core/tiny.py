@@ -277,7 +277,6 @@ def build_tiny_mt(
     exercises the seq2seq translator with the real language-code handling; its output is noise."""
     import tempfile
 
-
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir).expanduser().resolve()
     want = {**recipe(cfg), "kind": f"seq2seq-{style}-real-tokenizer"}
