@@ -180,6 +180,10 @@ def test_derived_controls_are_gross_failures():
         ("Pain in the left flank.", "Pain in the right flank.", "opposite"),
         ("Treat overdose with acetylcysteine.", "Treat overdose with naloxone.", "term"),
         ("Paracetamol is safe.", "Acetaminophen is safe.", None),  # synonyms of one term
+        ("Take it once daily.", "Take it once a day.", None),  # "daily" is a day
+        ("Take it once daily.", "Take it once a week.", "unit"),
+        ("Give antibiotics without delay.", "Give antibiotics immediately.", None),  # an idiom, not a negation
+        ("Take it without food.", "Take it with food.", "negation"),
     ],
 )
 def test_meaning_guard_checks(source, back, check):
@@ -272,7 +276,8 @@ def test_calibration_fit_mode_fits_for_the_profile_encoder(calibration):
     cc = load_profile("smoke", {"ccts.calibration": "fit", "ccts.bleu_coef": 0.0, "ccts.intercept": 0.0}).ccts
     scorer = CCTSScorer.from_config(cc)
     assert scorer.calibration is not None
-    assert scorer.coefficients == pytest.approx(calibration.coefficients, abs=1e-6)
+    # batch composition moves F1 in the 7th decimal (padding), so the refit agrees to 1e-4, not bit for bit
+    assert scorer.coefficients == pytest.approx(calibration.coefficients, abs=1e-4)
     with pytest.raises(ValueError, match="ccts.calibration must be one of"):
         CCTSScorer.from_config(load_profile("smoke", {"ccts.calibration": "auto"}).ccts)
     with pytest.raises(ValueError, match="ccts.score_form must be one of"):
