@@ -4,7 +4,8 @@
 
 Scores every pair in ``mmed_helpers/data/ccts_calibration`` (plus the derived gross failures) with the encoder,
 fits the calibrated CCTS on them and prints, per ingredient and combined: ROC AUC, the faithful keep rate and the
-unfaithful reject rate at the threshold; then the keep decision per language. Use ``--model`` with the
+unfaithful reject rate at the threshold; then the keep decision per language, and the same on the held-out
+pairs (``heldout/``, written blind to the guard lexicon, never fitted on). Use ``--model`` with the
 colab/full encoder (``bert-base-multilingual-cased``, layer 9) on a machine that has it.
 """
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--lang", default="en", help="language of the main tables ('all' = pooled)")
     args = parser.parse_args()
 
-    from mmed_helpers.steps.ccts import CCTSScorer, fit_calibration
+    from mmed_helpers.steps.ccts import CCTSScorer, fit_calibration, heldout_check
 
     cal = fit_calibration(CCTSScorer(args.model, args.layers, batch_size=64))
     lang = None if args.lang == "all" else args.lang
@@ -58,6 +59,18 @@ def main() -> None:
     print(f"\nunfaithful pairs kept by the whole decision: {len(kept)} of {len(written)} written ones")
     for p in kept:
         print(f"  {p.id} [{p.defect}] {p.back_translation}")
+
+    held = heldout_check(cal)
+    print("\nheld-out pairs (written blind to the guard lexicon and never fitted on): the keep decision")
+    print(_table([r for r in held.metrics(args.threshold) if r["score"] != "mean (before) + guard"]))
+    for code in sorted({p.lang for p in held.pairs}):
+        print(_table(held.metrics(args.threshold, lang=code)[-1:]).splitlines()[1].replace("CCTS + guard", code))
+    print("  held-out pairs the decision gets wrong:")
+    for r in held.rows():
+        keep = not r["guard"] and r["ccts"] >= args.threshold
+        if keep != r["faithful"]:
+            why = r["guard"] or f"ccts {r['ccts']:.2f}"
+            print(f"    {r['id']} [{r['defect']}] {'kept' if keep else 'dropped'} ({why})")
 
 
 if __name__ == "__main__":

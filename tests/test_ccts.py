@@ -114,6 +114,7 @@ def test_kept_fraction():
 import math  # noqa: E402
 
 from mmed_helpers.core.config import load_profile  # noqa: E402
+from mmed_helpers.core.languages import LANGUAGES  # noqa: E402
 from mmed_helpers.steps.ccts import (  # noqa: E402
     MeaningGuard,
     derived_controls,
@@ -289,3 +290,21 @@ def test_calibration_plot(calibration, tmp_path):
 
     plot_ccts_calibration(calibration, 0.8, lang="en", save_to=tmp_path / "cal.png")
     assert (tmp_path / "cal.png").stat().st_size > 5000
+
+
+def test_heldout_pairs_are_scored_with_the_fit_not_refitted(calibration):
+    """The held-out set is a real, separate set (its own sources, every course language, both labels) and is
+    scored with the fitted coefficients; it is never part of the fit."""
+    from mmed_helpers.steps.ccts import CCTS_HELDOUT_DIR, heldout_check
+
+    shipped = load_calibration()
+    held = load_calibration(directory=CCTS_HELDOUT_DIR)
+    assert {p.lang for p in held} == set(LANGUAGES)
+    assert sum(p.lang == "en" for p in held) >= 50
+    assert not {p.source for p in held} & {p.source for p in shipped}
+    assert not {p.id for p in held} & {p.id for p in calibration.pairs}
+    result = heldout_check(calibration)
+    assert result.coefficients == calibration.coefficients
+    assert [p.id for p in result.pairs] == [p.id for p in held]
+    rows = {r["score"]: r for r in result.metrics(0.8)}
+    assert rows["CCTS + guard (keep decision)"]["n_faithful"] == sum(p.faithful for p in held)

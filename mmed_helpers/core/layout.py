@@ -34,6 +34,9 @@ PROMPTS_DIR = DATA_DIR / "prompts"
 SEEDS_DIR = DATA_DIR / "seeds"
 EVAL_DIR = DATA_DIR / "eval"
 CCTS_CALIBRATION_DIR = DATA_DIR / "ccts_calibration"
+CCTS_HELDOUT_DIR = CCTS_CALIBRATION_DIR / "heldout"
+"""Labelled round trips written after the guard lexicon and the fit were frozen, by a writer who saw neither:
+never fitted on, they measure the keep decision out of sample."""
 """Labelled round trips (``<lang>.jsonl``) the CCTS is calibrated on, and the meaning guard's lexicon."""
 
 PUBMEDQA_TEST_FOLD = EVAL_DIR / "pubmedqa_test_fold.txt"

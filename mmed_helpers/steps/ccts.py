@@ -46,7 +46,7 @@ from pathlib import Path
 from ..core.config import CCTSConfig
 from ..core.jsonl import read_jsonl
 from ..core.languages import TABLE
-from ..core.layout import CCTS_CALIBRATION_DIR
+from ..core.layout import CCTS_CALIBRATION_DIR, CCTS_HELDOUT_DIR
 
 BLEU_TOKENIZERS = {code: row.bleu_tokenizer for code, row in TABLE.items()}
 """Language -> sacrebleu tokeniser (from the language table)."""
@@ -608,6 +608,25 @@ def fit_logistic(x: Sequence[tuple[float, float]], y: Sequence[bool], l2: float 
         active = [k for k in active if k not in negative]
 
 
+def score_calibration(
+    scorer: CCTSScorer, pairs: Sequence[CalibrationPair], coefficients: tuple[float, float, float] | None = None
+) -> CalibrationResult:
+    """Score labelled ``pairs`` with ``scorer``'s encoder and the guard; with ``coefficients`` (a fit made
+    elsewhere) the result's calibrated CCTS uses them, else it uses the scorer's."""
+    pairs = list(pairs)
+    scores = scorer.score([p.source for p in pairs], [p.back_translation for p in pairs], [p.lang for p in pairs])
+    guard = [str(meaning_guard(p.lang).check(p.source, p.back_translation) or "") for p in pairs]
+    return CalibrationResult(
+        pairs,
+        [s.bleu for s in scores],
+        [s.bertscore for s in scores],
+        guard,
+        tuple(coefficients or scorer.coefficients),
+        scorer,
+        {"encoder": scorer.model, "layer": scorer.num_layers},
+    )
+
+
 def fit_calibration(scorer: CCTSScorer, pairs: Sequence[CalibrationPair] | None = None) -> CalibrationResult:
     """Score the calibration pairs (shipped + derived controls) with ``scorer``'s encoder and fit the calibrated
     CCTS: faithful round trips against the derived gross failures (unrelated, truncated). The score's job is to
@@ -615,16 +634,18 @@ def fit_calibration(scorer: CCTSScorer, pairs: Sequence[CalibrationPair] | None 
     stay out of the fit and measure the whole keep decision."""
     pairs = list(load_calibration() if pairs is None else pairs)
     pairs += derived_controls(pairs)
-    scores = scorer.score([p.source for p in pairs], [p.back_translation for p in pairs], [p.lang for p in pairs])
-    guard = [str(meaning_guard(p.lang).check(p.source, p.back_translation) or "") for p in pairs]
+    result = score_calibration(scorer, pairs)
     fit_idx = [i for i, p in enumerate(pairs) if p.faithful or p.derived]
-    coefs = fit_logistic([(scores[i].bleu, scores[i].bertscore) for i in fit_idx], [pairs[i].faithful for i in fit_idx])
-    return CalibrationResult(
-        pairs,
-        [s.bleu for s in scores],
-        [s.bertscore for s in scores],
-        guard,
-        coefs,
-        scorer,
-        {"encoder": scorer.model, "layer": scorer.num_layers, "fitted_on": len(fit_idx)},
+    result.coefficients = fit_logistic(
+        [(result.bleu[i], result.bertscore[i]) for i in fit_idx], [pairs[i].faithful for i in fit_idx]
     )
+    result.meta["fitted_on"] = len(fit_idx)
+    return result
+
+
+def heldout_check(fitted: CalibrationResult, directory: str | Path = CCTS_HELDOUT_DIR) -> CalibrationResult:
+    """The keep decision of a fit (its coefficients, the guard as shipped) on the held-out pairs, which neither
+    the fit nor the guard lexicon saw."""
+    if fitted.scorer is None:
+        raise ValueError("heldout_check needs a CalibrationResult made with a scorer (fit_calibration)")
+    return score_calibration(fitted.scorer, load_calibration(directory=directory), fitted.coefficients)
