@@ -101,9 +101,9 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _build_tiny(args: argparse.Namespace) -> int:
-    from .core.tiny import build_tiny_model
+    from .core.tiny import build_tiny_model_cached
 
-    print(build_tiny_model(args.out_dir, load_profile(args.profile).tiny))
+    print(build_tiny_model_cached(args.out_dir, load_profile(args.profile).tiny))
     return 0
 
 

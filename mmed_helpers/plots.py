@@ -154,7 +154,12 @@ def plot_ccts_calibration(calibration, threshold: float, lang: str | None = None
     return _finish(fig, save_to)
 
 
-def plot_losses(curves: dict[str, Sequence[tuple[int, float]]], save_to: str | Path | None = None):
+def plot_losses(
+    curves: dict[str, Sequence[tuple[int, float]]],
+    save_to: str | Path | None = None,
+    ylabel: str = "training loss (assistant tokens)",
+    title: str = "Training loss",
+):
     """Training loss against step, one line per run (``TrainResult.losses``)."""
     import matplotlib.pyplot as plt
 
@@ -164,10 +169,53 @@ def plot_losses(curves: dict[str, Sequence[tuple[int, float]]], save_to: str | P
             steps, losses = zip(*points, strict=True)
             ax.plot(steps, losses, marker="." if len(points) < 50 else None, label=name)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (assistant tokens)")
-    ax.set_title("Training loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return _finish(fig, save_to)
+
+
+def plot_training(result, title: str, save_to: str | Path | None = None):
+    """Left: training loss and validation loss against step (``TrainResult``); right: validation loss per
+    language, from the starting model (step 0) to the last step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lang) = plt.subplots(1, 2, figsize=(10, 3.4))
+    if result.losses:
+        steps, losses = zip(*result.losses, strict=True)
+        ax.plot(steps, losses, color="#4C72B0", alpha=0.8, label="training (batch)")
+    val = result.validation_curve()
+    if val:
+        steps, losses = zip(*val, strict=True)
+        ax.plot(steps, losses, color="black", marker="o", label="validation (held out)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per answer token")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    langs = sorted({k for v in result.validation for k in v.by_language})
+    for lang in langs:
+        steps, losses = zip(*result.validation_curve(lang), strict=True)
+        ax_lang.plot(steps, losses, marker=".", label=lang)
+    ax_lang.set_xlabel("optimizer step")
+    ax_lang.set_ylabel("validation loss")
+    ax_lang.set_title("Validation loss per language")
+    if langs:
+        ax_lang.legend(fontsize=8, ncol=2)
+    return _finish(fig, save_to)
+
+
+def label_mask_html(pieces: Sequence[tuple[str, bool]]) -> str:
+    """HTML of one training example, token by token: tokens that carry the loss highlighted, the prompt grey
+    (``pieces`` from :func:`mmed_helpers.steps.train.label_mask`)."""
+    import html
+
+    spans = []
+    for text, trained in pieces:
+        style = "background:#ffe08a;color:#000" if trained else "color:#888"
+        shown = html.escape(text).replace("\n", "↵<br>")
+        spans.append(f'<span style="{style};border-right:1px solid #ddd">{shown}</span>')
+    legend = '<p><span style="background:#ffe08a">highlighted</span>: carries the loss; grey: masked (-100)</p>'
+    return legend + '<div style="font-family:monospace;line-height:1.7">' + "".join(spans) + "</div>"
 
 
 def plot_accuracy(

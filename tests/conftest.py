@@ -1,12 +1,17 @@
 """Shared fixtures. Tests never touch the network: the hub is switched off before anything imports it."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-from mmed_helpers.core.flags import OFFLINE_ENV, QUIET_ENV  # cheap: imports no Hugging Face library
+from mmed_helpers.core.flags import CACHE_DIR, OFFLINE_ENV, QUIET_ENV  # cheap: imports no Hugging Face library
 
 os.environ.update({**OFFLINE_ENV, **QUIET_ENV})
+if CACHE_DIR not in os.environ:  # the pre-trained tiny model is built once per test session, not shared
+    os.environ[CACHE_DIR] = tempfile.mkdtemp(prefix="mmed-test-cache-")
+    atexit.register(shutil.rmtree, os.environ[CACHE_DIR], ignore_errors=True)
 
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

@@ -19,10 +19,14 @@ from mmed_helpers.steps.train import (
     TrainingError,
     last_checkpoint,
     load_sft_dataset,
+    mask_problems,
     merge_adapter,
     merge_check,
+    split_validation,
     tokenize_completions,
     train_stage,
+    training_canaries,
+    validation_loss,
 )
 
 TEXTS = ["What defines chronic kidney disease?", "慢性乙型肝炎是什么？", "Что такое эпилепсия?"]
@@ -52,7 +56,10 @@ def test_peft_backend_dora_merge_and_qlora(peft_only, tiny_dir, data, tmp_path):
     r1 = train_stage(
         "stage1", cfg.stage1, tiny_dir, [data / "ift", data / "empty"], tmp_path / "s1", cfg.model, progress=False
     )
-    assert (r1.backend, r1.global_step, r1.examples) == ("peft", 6, 60)
+    assert (r1.backend, r1.global_step) == ("peft", 6)
+    assert (r1.examples, r1.validation_examples) == (48, 12)  # 20 % of each of the three languages held out
+    assert set(r1.validation_by_language_base) == {"en", "zh", "ru"}
+    assert [v.step for v in r1.validation] == [0, 6]  # eval_steps 50 > 6: before and after training
     assert len(r1.losses) == 6 and all(8.0 < loss < 8.7 for _, loss in r1.losses)
     assert (r1.adapter_dir / "adapter_config.json").is_file()
     adapter_cfg = json.loads((r1.adapter_dir / "adapter_config.json").read_text())
@@ -62,6 +69,11 @@ def test_peft_backend_dora_merge_and_qlora(peft_only, tiny_dir, data, tmp_path):
     manifest = json.loads((tmp_path / "s1" / "manifest.json").read_text())
     assert manifest["outputs"]["global_step"] == 6 and manifest["parameters"]["stage"]["method"] == "dora"
     assert set(manifest["inputs"]) == {"data_0", "data_1"} and manifest["outputs"]["final_loss"] == r1.final_loss
+    assert manifest["outputs"]["validation_loss_base"] == r1.validation_loss_base
+    assert manifest["outputs"]["validation_loss_final"] == r1.validation_loss_final
+    logged = json.loads((tmp_path / "s1" / "log_history.json").read_text())
+    assert [h["validation_loss"] for h in logged if "validation_loss" in h] == [r1.validation_loss_final]
+    assert list((tmp_path / "s1" / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard, offline
 
     merged = merge_adapter(tiny_dir, r1.adapter_dir, tmp_path / "merged", dtype="float32")
     check = merge_check(tiny_dir, r1.adapter_dir, merged, TEXTS)
@@ -194,3 +206,72 @@ def test_gpu_qlora_stage_through_unsloth(tiny_dir, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT="))[7:])
     assert res["s2"]["memory_kind"] == "gpu_allocated" and res["s2"]["quantized_layers"] == 14
+
+
+def test_validation_split_is_seeded_per_language_and_disjoint(data):
+    ds = load_sft_dataset([data / "ift"])
+    train, val = split_validation(ds, 0.1, seed=7)
+    again, val2 = split_validation(ds, 0.1, seed=7)
+    other = split_validation(ds, 0.1, seed=8)[1]
+    key = lambda d: [r["prompt"][0]["content"] for r in d]  # noqa: E731
+    assert key(val) == key(val2) and key(val) != key(other)
+    assert len(train) + len(val) == len(ds) and not set(key(train)) & set(key(val))
+    assert sorted(val["lang"]) == ["en", "en", "ru", "ru", "zh", "zh"]
+    assert len(split_validation(ds, 0.0, seed=7)[1]) == 0
+    with pytest.raises(TrainingError, match=r"validation_fraction must be in \[0, 1\)"):
+        split_validation(ds, 1.0, seed=7)
+
+
+def test_validation_loss_is_token_weighted_cross_entropy(tiny_dir, data):
+    """Against a direct computation: sum of -log p(target token) over all completion tokens / their count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmed_helpers.steps.train import CompletionCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    feats = tokenize_completions(load_sft_dataset([data / "ift"]).select(range(0, 60, 7)), tok, 256)
+    got = validation_loss(model, feats, CompletionCollator(tok), batch_size=3)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for row in feats:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(row["labels"][1:])
+            keep = labels != -100
+            total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+            n += int(keep.sum())
+    assert got.tokens == n and got.loss == pytest.approx(total / n, rel=1e-5)
+    assert set(got.by_language) == set(feats["lang"]) and model.training is False
+
+
+def test_canaries_catch_a_leaking_mask_a_zero_learning_rate_and_no_adapter(peft_only, tiny_dir, data, tmp_path):
+    """Planted defects: each must be caught. A mask that puts loss on the prompt; a learning rate of zero (the
+    validation loss cannot move); an adapter on modules that do not exist."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ds = load_sft_dataset([data / "mc"])
+    feats = tokenize_completions(ds, tok, max_length=4096)
+    assert mask_problems(ds, feats, tok) == []
+    leaking = feats.map(lambda r: {"labels": r["input_ids"]})  # loss on every token, prompt included
+    assert mask_problems(ds, leaking, tok) == list(range(len(ds)))
+
+    still = train_stage(
+        "stage1", _cfg(**{"stage1.learning_rate": 0.0}).stage1, tiny_dir, [data / "ift"], tmp_path / "lr0",
+        _cfg().model, progress=False,
+    )  # fmt: skip
+    assert still.validation_loss_final == pytest.approx(still.validation_loss_base, abs=1e-6)
+    assert any("validation loss fell by" in p for p in training_canaries(still))
+
+    moved = train_stage(
+        "stage1", _cfg(**{"stage1.max_steps": 12}).stage1, tiny_dir, [data / "ift"], tmp_path / "ok", _cfg().model,
+        progress=False,
+    )  # fmt: skip
+    assert training_canaries(moved) == [], moved.summary()
+
+    with pytest.raises(ValueError, match="not found in the base model|Target modules"):
+        train_stage(
+            "stage1", _cfg(**{"stage1.target_modules": ["no_such_proj"]}).stage1, tiny_dir, [data / "ift"],
+            tmp_path / "none", _cfg().model, progress=False,
+        )  # fmt: skip

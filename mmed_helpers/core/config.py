@@ -51,7 +51,8 @@ class ModelConfig:
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the embedded smoke model (a Llama-architecture causal LM with random weights)."""
+    """Shape of the embedded smoke model: a Llama-architecture causal LM, random or pre-trained here on the
+    bundled passages (``pretrain_steps``)."""
 
     vocab_size: int = 4096
     hidden_size: int = 64
@@ -61,6 +62,14 @@ class TinyModelConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 4096
     seed: int = 0
+    tie_word_embeddings: bool = False
+    pretrain_steps: int = 0
+    """Causal-LM pre-training steps on the bundled passages (all languages) after initialisation; 0 = keep
+    the random weights (the fast model the unit tests use)."""
+    pretrain_batch_size: int = 16
+    pretrain_seq_length: int = 128
+    pretrain_learning_rate: float = 1.0e-2
+    """Peak learning rate (AdamW, 20 warm-up steps, cosine decay to a tenth)."""
 
 
 @dataclass
@@ -171,6 +180,13 @@ class StageConfig:
     gradient_checkpointing: bool = True
     merge: bool = False
     """Merge the adapter into a full model directory after training (stage 1: the base of stage 2)."""
+    validation_fraction: float = 0.1
+    """Share of each language's records held out (seeded) to measure validation loss; 0 = no validation."""
+    eval_steps: int = 50
+    """Validation loss every this many optimizer steps (and before the first and after the last)."""
+    report_to: str = "tensorboard"
+    """Where the trainer also logs: ``tensorboard`` (offline, under the stage's ``train/tensorboard/``),
+    ``wandb``, ``mlflow`` or ``none``."""
 
 
 @dataclass

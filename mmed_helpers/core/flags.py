@@ -23,6 +23,8 @@ DISABLE_UNSLOTH = "MMED_DISABLE_UNSLOTH"
 """``1``: train with plain transformers + PEFT even where Unsloth is installed."""
 RUNS_DIR = "MMED_RUNS_DIR"
 """Where ``runs/<profile>`` goes when no run directory is given (default: the checkout's ``runs/``)."""
+CACHE_DIR = "MMED_CACHE_DIR"
+"""Where built models are cached across runs (default ``~/.cache/mmed-course``; the pre-trained tiny model)."""
 
 
 class _HasOffline(Protocol):
@@ -48,6 +50,14 @@ def runs_dir() -> Path | None:
     """``MMED_RUNS_DIR`` as a path, or None when it is not set."""
     value = os.environ.get(RUNS_DIR, "").strip()
     return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    """``MMED_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmed-course``, else ``~/.cache/mmed-course``."""
+    value = os.environ.get(CACHE_DIR, "").strip()
+    if value:
+        return Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache").expanduser() / "mmed-course"
 
 
 def runtime_env(profile: _HasOffline) -> dict[str, str]:

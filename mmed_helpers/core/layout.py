@@ -134,6 +134,11 @@ class TrainDir:
     def log_history(self) -> Path:
         return self.root / "log_history.json"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (``tensorboard --logdir <this>``)."""
+        return self.root / "tensorboard"
+
 
 def _in(step: str, *parts: str) -> str:
     return "/".join((STEPS[step], *parts))

@@ -2,8 +2,10 @@
 
 The tokenizer is a byte-level BPE trained on the bundled six-language corpus, so every string encodes (bytes are
 the fallback) and Latin, CJK, kana and Cyrillic text gets learned merges. It carries a Llama-3-style chat
-template. The model has random weights drawn from a fixed seed: it exercises every code path of the course
-(generation, translation, DoRA, merging, 4-bit QLoRA, evaluation), but what it writes is noise.
+template. The model starts from random weights drawn from a fixed seed; with ``pretrain_steps`` (the smoke
+profile) it is then pre-trained here as a causal LM on the bundled passages, so it has seen medical text in all
+six languages - about 60 passages, a few tens of thousands of tokens: it knows how the course's text looks,
+not medicine. The random build (the default config) is what the unit tests use.
 
 Same configuration and seed give the same bytes on disk::
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from .artifacts import atomic_directory
 from .config import TinyModelConfig
 from .corpus import load_corpus
+from .flags import cache_dir
 from .languages import TABLE
 
 BOS, EOS_TEXT, START_HEADER, END_HEADER, EOT, PAD = (
@@ -51,19 +54,39 @@ MARKER_FILE = "mmed_tiny.json"
 """Written last into a built model directory: the recipe it was built from (used to reuse a build)."""
 
 
+FORMAT_LINE_REPEATS = 8
+"""How often each of the course's fixed format lines is added to the tokenizer's text (so BPE learns them)."""
+
+
+def format_lines() -> list[str]:
+    """The fixed words the course itself writes around every MC item, per language: the instructions and the
+    answer and rationale labels (``languages.TABLE``), as in ``Answer: B.`` A real tokenizer has such common
+    words as single tokens; learned from the passages alone, the tiny one would spell them letter by letter
+    (``Answer`` as five tokens, ``Respuesta`` as six), and a reply would spend its whole budget on the label."""
+    from .mcformat import ask, mc_target
+
+    options = ["", "", "", "", ""]
+    lines = []
+    for code in TABLE:
+        lines += [ask(code, False), ask(code, True)]
+        lines += [mc_target(x, options, "", code) for x in "ABCDE"]
+    return lines
+
+
 def tokenizer_training_text() -> list[str]:
-    """The lines the tokenizer learns from: titles and paragraphs of the bundled corpus, all languages."""
+    """The lines the tokenizer learns from: titles and paragraphs of the bundled corpus, all languages, and the
+    course's format lines (:func:`format_lines`, repeated)."""
     lines: list[str] = []
     for p in load_corpus():
         lines.append(p.title)
         lines.extend(p.paragraphs)
-    return lines
+    return lines + format_lines() * FORMAT_LINE_REPEATS
 
 
 def recipe(cfg: TinyModelConfig) -> dict:
     """What determines the built bytes: the shape, the seed and the training text's hash."""
     text_hash = hashlib.sha256("\n".join(tokenizer_training_text()).encode("utf-8")).hexdigest()
-    return {"format": 1, "config": _cfg_dict(cfg), "corpus_sha256": text_hash}
+    return {"format": 2, "config": _cfg_dict(cfg), "corpus_sha256": text_hash}
 
 
 def train_tokenizer(cfg: TinyModelConfig, lines: list[str] | None = None):
@@ -102,7 +125,9 @@ def train_tokenizer(cfg: TinyModelConfig, lines: list[str] | None = None):
     )
 
 
-def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
     """Build the tiny model + tokenizer into ``out_dir`` (absolute path returned).
 
     An existing directory built from the same recipe is reused as it is; a different or unfinished one is
@@ -129,11 +154,116 @@ def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None, ov
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_word_embeddings,
         dtype="float32",
     )
     model = _seeded_model(LlamaForCausalLM, model_cfg, tokenizer, cfg.seed, do_sample=False)
-    return _save(out, model, tokenizer, want)
+    extra = {}
+    if cfg.pretrain_steps > 0:
+        log = pretrain(model, tokenizer, cfg, progress=progress)
+        extra[PRETRAINING_FILE] = json.dumps(log, indent=1) + "\n"
+    return _save(out, model, tokenizer, want, extra)
+
+
+PRETRAINING_FILE = "pretraining.json"
+"""In a pre-trained tiny model's directory: the pre-training log (steps, losses, tokens, seconds)."""
+
+
+def pretraining_stream(tokenizer) -> list[int]:
+    """The pre-training text as one token stream: every bundled passage (title, blank line, text), then the
+    course's format lines (:func:`format_lines`, repeated as for the tokenizer), each opened by BOS and closed
+    by ``<|end_of_text|>``. The format lines are there so that their tokens' embeddings are trained at all: a
+    LoRA adapter cannot train an embedding, and a real base model has seen words like "Answer" or "Respuesta"
+    countless times. They appear as loose lines, never after a question, so the base does not learn to answer
+    with them; stage 2 teaches that."""
+    eos = tokenizer.convert_tokens_to_ids(EOS_TEXT)
+    ids: list[int] = []
+    for p in load_corpus():
+        ids += tokenizer(p.title + "\n\n" + p.text)["input_ids"] + [eos]  # the tokenizer adds BOS
+    for line in format_lines() * FORMAT_LINE_REPEATS:
+        ids += tokenizer(line)["input_ids"] + [eos]
+    return ids
+
+
+def pretrain(model, tokenizer, cfg: TinyModelConfig, progress: bool = True) -> dict:
+    """Pre-train ``model`` in place as a causal LM on the bundled passages: ``cfg.pretrain_steps`` AdamW steps
+    on random windows of ``pretrain_seq_length`` tokens, drawn from a generator seeded with ``cfg.seed`` (the
+    same config gives the same model on one machine). Returns the log: loss every 10 steps, tokens, seconds."""
+    import math
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    stream = torch.tensor(pretraining_stream(tokenizer))
+    seq = cfg.pretrain_seq_length
+    starts = len(stream) - seq
+    if starts <= 0:
+        raise ValueError(f"the pre-training text ({len(stream)} tokens) is shorter than one window ({seq})")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup, steps = min(20, cfg.pretrain_steps), cfg.pretrain_steps
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        bar = tqdm(range(steps), desc="pre-training the tiny model", disable=not progress, leave=False)
+        for step in bar:
+            offsets = torch.randint(0, starts, (cfg.pretrain_batch_size,), generator=gen)
+            batch = torch.stack([stream[o : o + seq] for o in offsets.tolist()])
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % 10 == 0 or step == steps - 1:
+                losses.append((step + 1, round(float(loss), 4)))
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+    model.eval()
+    return {
+        "steps": steps,
+        "losses": losses,
+        "corpus_tokens": len(stream),
+        "trained_tokens": steps * cfg.pretrain_batch_size * seq,
+        "epochs": round(steps * cfg.pretrain_batch_size * seq / len(stream), 2),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def pretraining_log(model_dir: str | Path) -> dict | None:
+    """The pre-training log of a tiny model directory (None for a random-weight build or another model)."""
+    f = Path(model_dir) / PRETRAINING_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def build_tiny_model_cached(
+    out_dir: str | Path, cfg: TinyModelConfig | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """:func:`build_tiny_model` through a cache keyed by the recipe's hash (``MMED_CACHE_DIR``/tiny/<hash>):
+    a pre-trained build is made once per machine and copied into ``out_dir``. Random builds are not cached
+    (they take well under a second)."""
+    import shutil
+
+    cfg = cfg or TinyModelConfig()
+    out = Path(out_dir).expanduser().resolve()
+    want = recipe(cfg)
+    if cfg.pretrain_steps <= 0 or _reusable(out, want, overwrite, "tiny model"):
+        return build_tiny_model(out, cfg, overwrite, progress)
+    key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:16]
+    cached = build_tiny_model(cache_dir() / "tiny" / key, cfg, overwrite=True, progress=progress)
+    with atomic_directory(out) as tmp:
+        shutil.copytree(cached, tmp, dirs_exist_ok=True)
+    return out
 
 
 def _reusable(out: Path, want: dict, overwrite: bool, what: str) -> bool:
@@ -168,11 +298,13 @@ def _seeded_model(model_cls, model_cfg, tokenizer, seed: int, **generation):
     return model
 
 
-def _save(out: Path, model, tokenizer, recipe_record: dict) -> Path:
-    """Save model, tokenizer and the recipe marker (written last) atomically into ``out``."""
+def _save(out: Path, model, tokenizer, recipe_record: dict, extra: dict[str, str] | None = None) -> Path:
+    """Save model, tokenizer, ``extra`` files and the recipe marker (written last) atomically into ``out``."""
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / MARKER_FILE).write_text(json.dumps(recipe_record, indent=2, sort_keys=True) + "\n")
     return out
 

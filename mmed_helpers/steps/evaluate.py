@@ -387,3 +387,34 @@ def model_sources(run: RunLayout, names: Sequence[str]) -> dict[str, tuple[Path,
         model_dir = Path(run.base_model().path) if weights == "base" else run.require(weights)
         out[name] = (model_dir, run.require(adapter) if adapter else None)
     return out
+
+
+def parse_rates(results: Sequence[ItemResult]) -> dict[str, float]:
+    """Per model: the share of generation-protocol replies from which an answer could be read."""
+    counts: dict[str, list[int]] = {}
+    for r in results:
+        if r.protocol == "generate":
+            c = counts.setdefault(r.model, [0, 0])
+            c[0] += bool(r.pred)
+            c[1] += 1
+    return {m: ok / n for m, (ok, n) in counts.items()}
+
+
+def replies_side_by_side(
+    results: Sequence[ItemResult], items: Sequence[EvalItem], per_language: int = 1
+) -> list[dict[str, str]]:
+    """For the first ``per_language`` items of each language: the question, the gold letter(s) and every
+    model's generated reply with the letter read from it (``B`` / ``-`` when none)."""
+    replies = {(r.model, r.item_id): r for r in results if r.protocol == "generate"}
+    models = list(dict.fromkeys(r.model for r in results if r.protocol == "generate"))
+    rows, seen = [], {}
+    for it in items:
+        if seen.get(it.lang, 0) >= per_language or not any((m, it.id) in replies for m in models):
+            continue
+        seen[it.lang] = seen.get(it.lang, 0) + 1
+        row = {"benchmark": it.benchmark, "lang": it.lang, "question": it.question[:80], "gold": ",".join(it.answers)}
+        for m in models:
+            r = replies.get((m, it.id))
+            row[m] = f"{r.raw.strip()[:60]!r} -> {','.join(r.pred) or '-'}" if r else ""
+        rows.append(row)
+    return rows

@@ -36,7 +36,7 @@ from ..core.config import Profile
 from ..core.flags import QUIET_ENV, hub_offline
 from ..core.layout import RunLayout
 from ..core.modeldir import BaseModelError, BaseModelInfo, check_model_dir
-from ..core.tiny import build_tiny_model
+from ..core.tiny import build_tiny_model_cached
 
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja")
 
@@ -145,7 +145,7 @@ def prepare_base_model(profile: Profile, run: RunLayout) -> BaseModelInfo:
     """Build (tiny) or locate/download (local path, hub id) the base model; record it in the run."""
     name = profile.model.base_model
     if name == "tiny":
-        path = build_tiny_model(run.tiny_base, profile.tiny)
+        path = build_tiny_model_cached(run.tiny_base, profile.tiny)
         info = BaseModelInfo(name, str(path), "tiny")
     elif Path(name).expanduser().is_dir() or name.startswith(("/", "./", "../", "~")):
         info = BaseModelInfo(name, str(check_model_dir(Path(name).expanduser().resolve())), "local")
@@ -212,3 +212,35 @@ def tokenizer_fertility(tokenizer, passages) -> list[dict[str, object]]:
         {"lang": lang, **s, "tokens_per_100_chars": round(100 * s["tokens"] / max(s["characters"], 1), 1)}
         for lang, s in stats.items()
     ]
+
+
+def corpus_continuations(model_path: str | Path, passages, per_language: int = 1, max_new_tokens: int = 20):
+    """Greedy continuations of the opening of bundled passages (the first passage of each language, or
+    ``per_language`` of them): the prompt is the title and the first few words (characters for Chinese and
+    Japanese) of the text; the row also holds what the passage really says next."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModelForCausalLM.from_pretrained(str(model_path)).eval()
+    seen: dict[str, int] = {}
+    rows = []
+    for p in passages:
+        if seen.get(p.lang, 0) >= per_language:
+            continue
+        seen[p.lang] = seen.get(p.lang, 0) + 1
+        text = p.paragraphs[0]
+        cut = 12 if p.lang in ("zh", "ja") else len(" ".join(text.split()[:6]))
+        prompt = p.title + "\n\n" + text[:cut]
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        rows.append(
+            {
+                "lang": p.lang,
+                "prompt": text[:cut],
+                "model continues": tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True),
+                "the passage continues": text[cut : cut + 80],
+            }
+        )
+    return rows

@@ -142,7 +142,7 @@ def load_sft_dataset(paths: Sequence[str | Path]):
             raise TrainingError(f"training data {p} not found: run the notebook that writes it first")
         ds = load_from_disk(str(p))
         if len(ds):
-            parts.append(ds.select_columns(["messages"]))
+            parts.append(ds.select_columns(["messages", "lang"] if "lang" in ds.column_names else ["messages"]))
     if not parts:
         raise TrainingError(f"no training examples in {[str(p) for p in paths]}: refusing to train on an empty dataset")
     ds = concatenate_datasets(parts)
@@ -151,9 +151,31 @@ def load_sft_dataset(paths: Sequence[str | Path]):
         msgs = record["messages"]
         if not msgs or msgs[-1]["role"] != "assistant":
             raise TrainingError("every training record must end with an assistant message")
-        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+        out = {"prompt": msgs[:-1], "completion": msgs[-1:]}
+        return out | {"lang": record.get("lang") or ""}
 
     return ds.map(split, remove_columns=ds.column_names)
+
+
+def split_validation(dataset, fraction: float, seed: int):
+    """``(train, validation)``: ``fraction`` of each language's records (``lang``; at least one where a language
+    has two or more and ``fraction > 0``), drawn with ``seed``. The same data and seed give the same split, so a
+    resumed or repeated run validates on the same items."""
+    import random
+
+    if not 0.0 <= fraction < 1.0:
+        raise TrainingError(f"validation_fraction must be in [0, 1), got {fraction}")
+    by_lang: dict[str, list[int]] = {}
+    for i, lang in enumerate(dataset["lang"]):
+        by_lang.setdefault(lang, []).append(i)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for lang in sorted(by_lang):
+        idx = by_lang[lang]
+        k = 0 if fraction == 0 or len(idx) < 2 else max(1, round(fraction * len(idx)))
+        held.update(rng.sample(idx, k))
+    train = [i for i in range(len(dataset)) if i not in held]
+    return dataset.select(train), dataset.select(sorted(held))
 
 
 def tokenize_completions(dataset, tokenizer, max_length: int):
@@ -169,7 +191,7 @@ def tokenize_completions(dataset, tokenizer, max_length: int):
             prompt = full[: len(prompt)]
         ids = full[:max_length]
         labels = ([-100] * len(prompt) + full[len(prompt) :])[:max_length]
-        return {"input_ids": ids, "labels": labels}
+        return {"input_ids": ids, "labels": labels, "lang": record.get("lang") or ""}
 
     out = dataset.map(encode, remove_columns=dataset.column_names)
     return out.filter(lambda r: any(x != -100 for x in r["labels"]))
@@ -200,6 +222,128 @@ class CompletionCollator:
             labels[i, :k] = torch.tensor(b["labels"])
             mask[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValidationLoss:
+    """Mean loss per completion token on the validation split, overall and per language."""
+
+    step: int
+    loss: float
+    by_language: dict[str, float]
+    tokens: int
+
+    def as_log(self) -> dict[str, float]:
+        return {"validation_loss": self.loss} | {f"validation_loss_{k}": v for k, v in self.by_language.items()}
+
+
+def validation_loss(model, features, collator, step: int = 0, batch_size: int = 16) -> ValidationLoss:
+    """Token-weighted mean cross-entropy of ``model`` on the completion tokens of ``features``
+    (:func:`tokenize_completions` output), batched within each language; the model's mode is restored."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    by_lang: dict[str, list[int]] = {}
+    for i, lang in enumerate(features["lang"]):
+        by_lang.setdefault(lang, []).append(i)
+    try:
+        with torch.no_grad():
+            for lang, idx in sorted(by_lang.items()):
+                for start in range(0, len(idx), batch_size):
+                    batch = collator([features[j] for j in idx[start : start + batch_size]])
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    n = int((batch["labels"][:, 1:] != -100).sum())
+                    loss = model(**batch).loss
+                    sums[lang] = sums.get(lang, 0.0) + float(loss) * n
+                    counts[lang] = counts.get(lang, 0) + n
+    finally:
+        model.train(was_training)
+    total = sum(counts.values())
+    if not total:
+        raise TrainingError("the validation split has no completion tokens")
+    return ValidationLoss(
+        step=step,
+        loss=sum(sums.values()) / total,
+        by_language={k: sums[k] / counts[k] for k in sorted(sums) if counts[k]},
+        tokens=total,
+    )
+
+
+def _ValidationCallback(features, collator, eval_steps: int):  # noqa: N802 - imports transformers lazily
+    from transformers import TrainerCallback
+
+    class ValidationCallback(TrainerCallback):
+        """Validation loss every ``eval_steps`` optimizer steps and after the last one, logged through the
+        trainer (log history, TensorBoard, ...) and kept in ``history``."""
+
+        def __init__(self):
+            self.history: list[ValidationLoss] = []
+            self.trainer = None
+
+        def _measure(self, state, control, model):
+            if self.history and self.history[-1].step == state.global_step:
+                return
+            v = validation_loss(model, features, collator, step=state.global_step)
+            self.history.append(v)
+            if self.trainer is not None:
+                should_log = control.should_log  # Trainer.log clears it: keep this step's loss log
+                self.trainer.log(v.as_log())
+                control.should_log = self.trainer.control.should_log = should_log
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if eval_steps > 0 and state.global_step % eval_steps == 0:
+                self._measure(state, control, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._measure(state, control, model)
+
+    return ValidationCallback()
+
+
+def label_mask(record, tokenizer, max_length: int = 4096) -> list[tuple[str, bool]]:
+    """One prompt -> completion record as ``(token text, carries loss)`` pairs, exactly as training sees it."""
+    from datasets import Dataset
+
+    row = tokenize_completions(Dataset.from_list([dict(record)]), tokenizer, max_length)[0]
+    return [(tokenizer.decode([t]), lab != -100) for t, lab in zip(row["input_ids"], row["labels"], strict=True)]
+
+
+def mask_problems(dataset, features, tokenizer) -> list[int]:
+    """Indices of records whose loss-carrying tokens are not exactly the assistant's answer followed by the
+    end-of-turn token (a label mask that leaks the prompt, or cuts the answer). ``features`` is
+    :func:`tokenize_completions` of ``dataset`` with nothing truncated."""
+    bad = []
+    for i, (rec, row) in enumerate(zip(dataset, features, strict=True)):
+        target = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+        if tokenizer.decode(target) != rec["completion"][0]["content"].strip() + tokenizer.eos_token:
+            bad.append(i)
+    return bad
+
+
+def training_canaries(result: TrainResult, min_drop: float = 0.0) -> list[str]:
+    """What says a stage did not learn: no trainable parameters, no optimizer step, or a validation loss that
+    did not fall by more than ``min_drop`` (relative). Empty when all is well."""
+    problems = []
+    if result.trainable_parameters == 0:
+        problems.append("no trainable parameters: the adapter is attached to nothing")
+    if result.global_step == 0:
+        problems.append("no optimizer step was taken")
+    drop = result.validation_drop
+    if drop is None:
+        problems.append("no validation loss was measured (validation_fraction is 0 or the split is empty)")
+    elif drop <= min_drop:
+        problems.append(
+            f"validation loss fell by {drop:.2%} ({result.validation_loss_base:.4f} -> "
+            f"{result.validation_loss_final:.4f}), not more than {min_drop:.0%}"
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -245,13 +389,36 @@ class TrainResult:
     total_parameters: int = 0
     step_seconds: list[float] = field(default_factory=list)
     """Wall time of each optimizer step of this run (for throughput without the warm-up)."""
+    validation_examples: int = 0
+    validation_loss_base: float | None = None
+    """Validation loss of the starting model (the adapter attached but untrained, so equal to the base)."""
+    validation_loss_final: float | None = None
+    validation_by_language_base: dict[str, float] = field(default_factory=dict)
+    validation_by_language_final: dict[str, float] = field(default_factory=dict)
+    validation: list[ValidationLoss] = field(default_factory=list)
+    """The validation curve: step 0 (the starting model), every ``eval_steps``, the last step."""
+
+    @property
+    def validation_drop(self) -> float | None:
+        """Relative drop of the validation loss from the starting model, e.g. 0.12 = 12 % lower."""
+        if self.validation_loss_base is None or self.validation_loss_final is None:
+            return None
+        return (self.validation_loss_base - self.validation_loss_final) / self.validation_loss_base
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d["out_dir"], d["adapter_dir"] = str(self.out_dir), str(self.adapter_dir)
         d.pop("losses")
         d.pop("step_seconds")
+        d.pop("validation")
+        d["validation_drop"] = self.validation_drop
         return d
+
+    def validation_curve(self, lang: str | None = None) -> list[tuple[int, float]]:
+        """``(step, loss)`` of the validation curve, overall or for one language."""
+        if lang is None:
+            return [(v.step, v.loss) for v in self.validation]
+        return [(v.step, v.by_language[lang]) for v in self.validation if lang in v.by_language]
 
 
 def train_stage(
@@ -270,18 +437,33 @@ def train_stage(
     versions, steps, final loss, wall time, peak memory)."""
     folder = TrainDir(Path(out_dir).expanduser().resolve())
     dataset = load_sft_dataset(data_paths)  # fails before loading any model when data is missing or empty
+    dataset, held_out = split_validation(dataset, stage.validation_fraction, seed)
+    if not len(dataset):
+        raise TrainingError(f"nothing left to train on after holding out {len(held_out)} validation records")
     model, tok, backend = load_for_training(model_path, stage, model_cfg, seed)
     _announce(f"training backend: {backend}")
     _reset_peak_memory()
     args = _training_args(stage, model_cfg, folder, seed, progress)
     trainer = _make_trainer(backend, model, tok, dataset, args, stage, model_cfg)
+    _log_tensorboard_to(trainer, folder.tensorboard)
     facts = _model_facts(model)
     timer = _StepTimer()
     trainer.add_callback(timer)
+    val_features = tokenize_completions(held_out, tok, model_cfg.max_seq_length) if len(held_out) else None
+    validator = None
+    if val_features is not None and len(val_features):
+        collator = CompletionCollator(tok)
+        # before training: a fresh adapter leaves the model's outputs unchanged, so this is the starting model
+        start = validation_loss(model, val_features, collator, step=0)
+        validator = _ValidationCallback(val_features, collator, stage.eval_steps)
+        validator.history.append(start)
+        validator.trainer = trainer
+        trainer.add_callback(validator)
     resume = last_checkpoint(folder.checkpoints)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - t0
+    history_v = validator.history if validator else []
 
     with atomic_directory(folder.adapter) as tmp:
         trainer.model.save_pretrained(str(tmp))
@@ -304,6 +486,12 @@ def train_stage(
         examples=len(dataset),
         trained_tokens=next((h.get("num_tokens") for h in reversed(history) if "num_tokens" in h), None),
         step_seconds=timer.seconds,
+        validation_examples=len(val_features) if val_features is not None else 0,
+        validation_loss_base=history_v[0].loss if history_v else None,
+        validation_loss_final=history_v[-1].loss if history_v else None,
+        validation_by_language_base=history_v[0].by_language if history_v else {},
+        validation_by_language_final=history_v[-1].by_language if history_v else {},
+        validation=history_v,
         **facts,
     )
     _write_training_record(result, folder, history, stage, model_cfg, model_path, data_paths, seed, profile)
@@ -329,13 +517,31 @@ def _training_args(stage: StageConfig, model_cfg: ModelConfig, folder: TrainDir,
         logging_steps=stage.logging_steps,
         save_steps=stage.save_steps,
         save_total_limit=2,
-        report_to=[],
+        report_to=_report_to(stage.report_to),
         seed=seed,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         disable_tqdm=not progress,
         optim="adamw_8bit" if on_gpu and stage.load_in_4bit else "adamw_torch",
     )
+
+
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
+
+
+def _report_to(value: str) -> list[str]:
+    """The trainer's ``report_to`` for a stage's ``report_to`` (one of :data:`REPORT_TO`)."""
+    if value not in REPORT_TO:
+        raise TrainingError(f"report_to must be one of {REPORT_TO}, got {value!r}")
+    return [] if value == "none" else [value]
+
+
+def _log_tensorboard_to(trainer, directory: Path) -> None:
+    """Point the trainer's TensorBoard callback (if ``report_to`` has it) at ``directory`` instead of
+    transformers' default ``<output_dir>/runs/<date>_<host>`` (transformers 5 has no ``logging_dir``)."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback":
+            cb.logging_dir = str(directory)
 
 
 def _make_trainer(backend: str, model, tok, dataset, args: dict, stage: StageConfig, model_cfg: ModelConfig):
