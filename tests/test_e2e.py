@@ -70,8 +70,10 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     ccts_dir = run / "02_translate_ccts"
     scores = [json.loads(line) for line in (ccts_dir / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 2 * 3 * 5 and {s["target_lang"] for s in scores} == {"zh", "ja", "fr", "ru", "es"}
+    # the pre-trained tiny model answers a translation prompt mostly with blank lines (translation_failed) and
+    # otherwise with noise; either way nothing passes (threshold changes are re-decided in test_translate.py)
     complete = [s for s in scores if s["reason"] != "translation_failed"]
-    assert complete and all(s["ccts"] < 0.8 and not s["kept"] for s in complete)
+    assert not any(s["kept"] for s in scores) and all(s["ccts"] < 0.8 for s in complete)
     m02 = json.loads((ccts_dir / "manifest.json").read_text())
     assert m02["outputs"]["threshold"] == 0.8 and m02["outputs"]["kept"] == {"ift": 0, "mc": 0}
     assert len(load_from_disk(str(ccts_dir / "mmed_ift_mc_translated"))) == 0

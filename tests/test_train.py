@@ -275,3 +275,18 @@ def test_canaries_catch_a_leaking_mask_a_zero_learning_rate_and_no_adapter(peft_
             "stage1", _cfg(**{"stage1.target_modules": ["no_such_proj"]}).stage1, tiny_dir, [data / "ift"],
             tmp_path / "none", _cfg().model, progress=False,
         )  # fmt: skip
+
+
+def test_a_held_out_item_and_its_translations_stay_out_of_training(tmp_path):
+    from mmed_helpers.core.records import IFTSample
+
+    src = [IFTSample(f"en-{i}", "en", f"Question {i}?", f"Answer {i}.") for i in range(10)]
+    trans = [
+        IFTSample(f"en-{i}|fr", "fr", f"Question {i} ?", f"Réponse {i}.", f"en-{i}", "translated") for i in range(10)
+    ]
+    save_dataset(to_dataset(src + trans, "ift"), tmp_path / "d")
+    ds = load_sft_dataset([tmp_path / "d"])
+    train, val = split_validation(ds, 0.2, seed=1)
+    held = set(val["group"])
+    assert len(val) == 4 and not held & set(train["group"])  # 2 per language; their pairs left out of training
+    assert len(train) == 20 - sum(g in held for g in ds["group"])

@@ -63,13 +63,13 @@ def format_lines() -> list[str]:
     answer and rationale labels (``languages.TABLE``), as in ``Answer: B.`` A real tokenizer has such common
     words as single tokens; learned from the passages alone, the tiny one would spell them letter by letter
     (``Answer`` as five tokens, ``Respuesta`` as six), and a reply would spend its whole budget on the label."""
-    from .mcformat import ask, mc_target
+    from .mcformat import LETTERS, ask, mc_target
 
-    options = ["", "", "", "", ""]
+    letters = LETTERS[:5]
     lines = []
     for code in TABLE:
         lines += [ask(code, False), ask(code, True)]
-        lines += [mc_target(x, options, "", code) for x in "ABCDE"]
+        lines += [mc_target(x, [""] * len(letters), "", code) for x in letters]
     return lines
 
 

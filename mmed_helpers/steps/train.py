@@ -129,6 +129,11 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
 # --------------------------------------------------------------------------- data
 
 
+_KEEP = ("lang", "id", "origin", "source_id")
+"""Record columns :func:`load_sft_dataset` reads besides ``messages`` (language, and what ties a translation to
+its source)."""
+
+
 def load_sft_dataset(paths: Sequence[str | Path]):
     """Concatenate the chat datasets at ``paths`` (empty ones are skipped) as prompt -> completion records.
 
@@ -142,7 +147,7 @@ def load_sft_dataset(paths: Sequence[str | Path]):
             raise TrainingError(f"training data {p} not found: run the notebook that writes it first")
         ds = load_from_disk(str(p))
         if len(ds):
-            parts.append(ds.select_columns(["messages", "lang"] if "lang" in ds.column_names else ["messages"]))
+            parts.append(ds.select_columns([c for c in ("messages", *_KEEP) if c in ds.column_names]))
     if not parts:
         raise TrainingError(f"no training examples in {[str(p) for p in paths]}: refusing to train on an empty dataset")
     ds = concatenate_datasets(parts)
@@ -151,8 +156,10 @@ def load_sft_dataset(paths: Sequence[str | Path]):
         msgs = record["messages"]
         if not msgs or msgs[-1]["role"] != "assistant":
             raise TrainingError("every training record must end with an assistant message")
-        out = {"prompt": msgs[:-1], "completion": msgs[-1:]}
-        return out | {"lang": record.get("lang") or ""}
+        out = {"prompt": msgs[:-1], "completion": msgs[-1:], "lang": record.get("lang") or ""}
+        # a translation belongs with its source: the validation split keeps the two on the same side
+        group = record.get("source_id") if record.get("origin") == "translated" else record.get("id")
+        return out | {"group": group or ""}
 
     return ds.map(split, remove_columns=ds.column_names)
 
@@ -160,7 +167,8 @@ def load_sft_dataset(paths: Sequence[str | Path]):
 def split_validation(dataset, fraction: float, seed: int):
     """``(train, validation)``: ``fraction`` of each language's records (``lang``; at least one where a language
     has two or more and ``fraction > 0``), drawn with ``seed``. The same data and seed give the same split, so a
-    resumed or repeated run validates on the same items."""
+    resumed or repeated run validates on the same items. Records of a held-out ``group`` (a source item and its
+    translations) are left out of training too, so no validation answer is trained on in another language."""
     import random
 
     if not 0.0 <= fraction < 1.0:
@@ -174,7 +182,9 @@ def split_validation(dataset, fraction: float, seed: int):
         idx = by_lang[lang]
         k = 0 if fraction == 0 or len(idx) < 2 else max(1, round(fraction * len(idx)))
         held.update(rng.sample(idx, k))
-    train = [i for i in range(len(dataset)) if i not in held]
+    groups = dataset["group"] if "group" in dataset.column_names else [""] * len(dataset)
+    held_groups = {groups[i] for i in held if groups[i]}
+    train = [i for i in range(len(dataset)) if i not in held and groups[i] not in held_groups]
     return dataset.select(train), dataset.select(sorted(held))
 
 
