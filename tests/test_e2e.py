@@ -119,7 +119,7 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     assert m02["outputs"]["threshold"] == 0.0 and m02["outputs"]["translated_now"] == 0
     assert len(m02["outputs"]["kept_ids"]) == len(complete)
     kept_ds = load_from_disk(str(ccts_dir / "mmed_ift_translated"))
-    assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) == {"translated"}
+    assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) <= {"translated"}
 
     # 03_stage1_dora / 04_stage2_qlora: DoRA adapter, exact merge, 4-bit QLoRA adapter on the merged model
     run = first_run_dir
