@@ -216,10 +216,12 @@ def tokenizer_fertility(tokenizer, passages) -> list[dict[str, object]]:
 
 def corpus_continuations(model_path: str | Path, passages, per_language: int = 1, max_new_tokens: int = 20):
     """Greedy continuations of the opening of bundled passages (the first passage of each language, or
-    ``per_language`` of them): the prompt is the title and the first few words (characters for Chinese and
-    Japanese) of the text; the row also holds what the passage really says next."""
+    ``per_language`` of them): the prompt is the title and the first six words (twelve characters of CJK text)
+    of the text; the row also holds what the passage really says next."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..core.quality import cjk_share
 
     tok = AutoTokenizer.from_pretrained(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(str(model_path)).eval()
@@ -230,7 +232,7 @@ def corpus_continuations(model_path: str | Path, passages, per_language: int = 1
             continue
         seen[p.lang] = seen.get(p.lang, 0) + 1
         text = p.paragraphs[0]
-        cut = 12 if p.lang in ("zh", "ja") else len(" ".join(text.split()[:6]))
+        cut = 12 if cjk_share(text) > 0.3 else len(" ".join(text.split()[:6]))  # CJK text has no spaces
         prompt = p.title + "\n\n" + text[:cut]
         enc = tok(prompt, return_tensors="pt")
         with torch.no_grad():
