@@ -111,7 +111,8 @@ def build_data(out: Path, seq: int, n: int) -> Path:
 def run(model: Path, data: Path, out: Path, stage: str, args, unsloth: bool) -> dict:
     env = {
         **os.environ,
-        "MMED_DISABLE_UNSLOTH": "0" if unsloth else "1",
+        "MMED_TRAIN_BACKEND": "unsloth" if unsloth else "peft",
+        "MMED_DISABLE_UNSLOTH": "0",
         "HF_HUB_OFFLINE": "1",
         "UNSLOTH_DISABLE_STATISTICS": "1",
     }

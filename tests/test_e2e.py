@@ -16,9 +16,10 @@ from mmed_helpers.runner import discover_notebooks
 
 SMOKE = load_profile("smoke")
 STAGE1_MIN_VALIDATION_DROP = 0.01
-"""Stage 1 must lower the held-out IFT loss by more than this (measured: 2.2 %; seed-to-seed spread ~0.1 %)."""
-STAGE2_MIN_PARSE_RATE = 0.30
-"""Share of stage 2's generated replies with a readable answer (see the issue-13 note for the measured rates)."""
+"""Stage 1 must lower the held-out IFT loss by more than this (measured: 1.8 %; see the README's smoke table)."""
+STAGE2_MIN_PARSE_RATE = 0.6
+"""Share of stage 2's generated replies with a readable answer (measured 88 % with seed 42; 79-97 % over three
+seeds, so the bound leaves room for another CPU's rounding)."""
 
 
 @pytest.mark.e2e
@@ -125,7 +126,7 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     run = first_run_dir
     m03 = json.loads((run / "03_stage1_dora" / "manifest.json").read_text())
     assert m03["outputs"]["train"]["global_step"] == SMOKE.stage1.max_steps
-    assert m03["outputs"]["train"]["backend"] == "unsloth"
+    assert m03["outputs"]["train"]["backend"] == ("unsloth" if torch.cuda.is_available() else "peft")
     # the canary: stage 1 learned something that carries over to held-out answers (relied on from outside)
     v0, v1 = m03["outputs"]["validation_loss_base"], m03["outputs"]["validation_loss_final"]
     assert v1 < v0 * (1 - STAGE1_MIN_VALIDATION_DROP), (v0, v1)

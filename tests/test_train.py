@@ -136,13 +136,40 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     merged = merge_adapter(tiny, r1.adapter_dir, out / "merged", dtype="float32")
     check = merge_check(tiny, r1.adapter_dir, merged, ["What defines chronic kidney disease?"])
     r2 = train_stage("stage2", cfg.stage2, merged, [data / "mc"], out / "s2", cfg.model, progress=False)
-    print("RESULT=" + json.dumps({"s1": r1.summary(), "s2": r2.summary(), "check": check}))
+    # the padding-free batch Unsloth + trl build: the same loss as one padded row per sample
+    import torch
+    from mmed_helpers.steps.train import _make_trainer, _training_args, load_for_training, load_sft_dataset
+    from mmed_helpers.core.layout import TrainDir
+    model, tok, _ = load_for_training(tiny, cfg.stage1, cfg.model)
+    args = _training_args(cfg.stage1, cfg.model, TrainDir(out / "pk"), 42, False)
+    trainer = _make_trainer("unsloth", model, tok, load_sft_dataset([data / "ift"]), args, cfg.stage1, cfg.model)
+    rows = [trainer.train_dataset[i] for i in range(6)]
+    flat = trainer.data_collator(rows)
+    flat = {k: v for k, v in flat.items() if torch.is_tensor(v)}
+    width = max(len(r["input_ids"]) for r in rows)
+    def pad(xs, value):
+        return torch.tensor([list(x) + [value] * (width - len(x)) for x in xs])
+    ids = pad([r["input_ids"] for r in rows], tok.pad_token_id)
+    def target(r):  # Unsloth builds the labels itself; trl keeps a completion mask
+        if "labels" in r:
+            return list(r["labels"])
+        return [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"])]
+    labels = pad([target(r) for r in rows], -100)
+    assert all(any(x != -100 for x in target(r)) and target(r)[0] == -100 for r in rows)
+    mask = pad([[1] * len(r["input_ids"]) for r in rows], 0)
+    model.eval()
+    with torch.no_grad():
+        packed_loss = float(model(**flat, use_cache=False).loss)
+        padded_loss = float(model(input_ids=ids, labels=labels, attention_mask=mask).loss)
+    pk = {"rows": int(flat["input_ids"].shape[0]), "position_ids": "position_ids" in flat,
+          "packed_loss": packed_loss, "padded_loss": padded_loss}
+    print("RESULT=" + json.dumps({"s1": r1.summary(), "s2": r2.summary(), "check": check, "packing": pk}))
     """
 )
 
 
 def test_unsloth_backend_runs_the_recipe_on_cpu(tiny_dir, data, tmp_path):
-    env = {**os.environ, "MMED_DISABLE_UNSLOTH": "0"}
+    env = {**os.environ, "MMED_DISABLE_UNSLOTH": "0", "MMED_TRAIN_BACKEND": "unsloth"}
     proc = subprocess.run(
         [sys.executable, "-c", UNSLOTH_SCRIPT, str(tiny_dir), str(data), str(tmp_path)],
         capture_output=True,
@@ -157,6 +184,11 @@ def test_unsloth_backend_runs_the_recipe_on_cpu(tiny_dir, data, tmp_path):
     assert res["s2"]["quantized_layers"] == 14
     assert res["check"]["max_abs_diff"] < 1e-4 and res["check"]["argmax_agreement"] == 1.0
     assert json.loads((tmp_path / "s1" / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    # the batch Unsloth + trl build from packing: true keeps the samples apart (the loss of one padded row each).
+    # On a CPU Unsloth switches padding-free off (6 padded rows); on a GPU it flattens them into one row.
+    pk = res["packing"]
+    assert pk["packed_loss"] == pytest.approx(pk["padded_loss"], rel=1e-4), pk
+    assert (pk["rows"] == 1) == pk["position_ids"], pk
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -290,3 +322,49 @@ def test_a_held_out_item_and_its_translations_stay_out_of_training(tmp_path):
     held = set(val["group"])
     assert len(val) == 4 and not held & set(train["group"])  # 2 per language; their pairs left out of training
     assert len(train) == 20 - sum(g in held for g in ds["group"])
+
+
+def test_packed_batches_train_exactly_like_padded_ones_and_keep_samples_apart(tiny_dir, data):
+    """The packed batch carries the same loss and the same gradients as the padded one (the same tokens carry
+    the loss and no sample sees another), on the real Llama class with its chat template. Two planted defects,
+    each of which lets samples attend to each other, must change the loss: positions that do not restart, and
+    a cache left on (transformers then skips its packed-sequence detection)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmed_helpers.steps.train import CompletionCollator, PackedCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    model.config.use_cache = True  # as saved models usually say: the collator must switch it off itself
+    feats = tokenize_completions(load_sft_dataset([data / "ift", data / "mc"]), tok, 1024)
+    by_length = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
+    batch = [feats[i] for i in [by_length[-1], *by_length[:7]]]  # the longest and the seven shortest
+    lengths = [len(b["input_ids"]) for b in batch]
+    assert lengths[1] + lengths[2] <= lengths[0]  # so two short samples fit in a row as long as the longest
+    collator = PackedCollator(tok)
+    packed = collator(batch)
+    padded = CompletionCollator(tok)(batch)
+    assert packed["input_ids"].shape[0] < len(batch)  # several samples share a row
+    assert sorted(i for row in collator.rows(lengths) for i in row) == list(range(8))
+    assert packed["input_ids"].shape[1] == padded["input_ids"].shape[1] == max(lengths)  # never wider
+    assert int((packed["labels"] != -100).sum()) == int((padded["labels"][:, 1:] != -100).sum())
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()  # fewer pad tokens computed
+
+    def loss_and_grads(inputs):
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    loss_packed, grad_packed = loss_and_grads(packed)
+    loss_padded, grad_padded = loss_and_grads(padded)
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
+    assert torch.allclose(grad_packed, grad_padded, rtol=1e-3, atol=1e-6)
+
+    running = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
+    cached = {k: v for k, v in packed.items() if k != "use_cache"}
+    exact = abs(loss_packed - loss_padded)
+    for leaky in (running, cached):  # (a random-weight model: the leak moves the loss little, but far more)
+        with torch.no_grad():
+            assert abs(float(model(**leaky).loss) - loss_padded) > 50 * max(exact, 1e-7), exact

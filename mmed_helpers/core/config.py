@@ -184,6 +184,11 @@ class StageConfig:
     """Share of each language's records held out (seeded) to measure validation loss; 0 = no validation."""
     eval_steps: int = 50
     """Validation loss every this many optimizer steps (and before the first and after the last)."""
+    packing: bool = True
+    """Padding-free batches: short samples share a row, kept apart by position ids (no token attends to, or is
+    trained to predict, another sample); the loss is the same as with padding, fewer pad tokens are computed
+    (:class:`~mmed_helpers.steps.train.PackedCollator`; on the Unsloth path trl's ``padding_free``).
+    ``false``: one padded row per sample."""
     report_to: str = "tensorboard"
     """Where the trainer also logs: ``tensorboard`` (offline, under the stage's ``train/tensorboard/``),
     ``wandb``, ``mlflow`` or ``none``."""

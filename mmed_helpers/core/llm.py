@@ -33,6 +33,15 @@ from .device import default_device, resolve_dtype
 Messages = list[dict[str, str]]
 
 
+def chat_token_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
+    """``messages`` through the tokenizer's chat template, as a list of token ids (transformers returns a list
+    or, in newer versions, a ``BatchEncoding``)."""
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
 @dataclass
 class GenerationParams:
     max_new_tokens: int = 256

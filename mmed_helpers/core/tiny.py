@@ -25,6 +25,7 @@ from .config import TinyModelConfig
 from .corpus import load_corpus
 from .flags import cache_dir
 from .languages import TABLE
+from .llm import chat_token_ids
 
 BOS, EOS_TEXT, START_HEADER, END_HEADER, EOT, PAD = (
     "<|begin_of_text|>",
@@ -86,7 +87,7 @@ def tokenizer_training_text() -> list[str]:
 def recipe(cfg: TinyModelConfig) -> dict:
     """What determines the built bytes: the shape, the seed and the training text's hash."""
     text_hash = hashlib.sha256("\n".join(tokenizer_training_text()).encode("utf-8")).hexdigest()
-    return {"format": 2, "config": _cfg_dict(cfg), "corpus_sha256": text_hash}
+    return {"format": 3, "config": _cfg_dict(cfg), "corpus_sha256": text_hash}
 
 
 def train_tokenizer(cfg: TinyModelConfig, lines: list[str] | None = None):
@@ -170,16 +171,27 @@ PRETRAINING_FILE = "pretraining.json"
 
 
 def pretraining_stream(tokenizer) -> list[int]:
-    """The pre-training text as one token stream: every bundled passage (title, blank line, text), then the
-    course's format lines (:func:`format_lines`, repeated as for the tokenizer), each opened by BOS and closed
-    by ``<|end_of_text|>``. The format lines are there so that their tokens' embeddings are trained at all: a
-    LoRA adapter cannot train an embedding, and a real base model has seen words like "Answer" or "Respuesta"
-    countless times. They appear as loose lines, never after a question, so the base does not learn to answer
-    with them; stage 2 teaches that."""
+    """The pre-training text as one token stream: every bundled passage (title, blank line, text); each of its
+    paragraphs once more as a chat exchange (:data:`CHAT_TEMPLATE`: the title as the user turn, the paragraph as
+    the assistant's); then the course's format lines (:func:`format_lines`, repeated as for the tokenizer).
+    Plain pieces are opened by BOS and closed by ``<|end_of_text|>``.
+
+    The chat exchanges and the format lines are there for what a LoRA adapter cannot learn: it cannot train an
+    embedding, and a real (instruct) base has seen its own header tokens and words like "Answer" or "Respuesta"
+    countless times. Without them the tiny base met ``<|start_header_id|>assistant<|end_header_id|>`` first in
+    stage 1, with random embeddings, and after 100 stage-2 steps still could not tell at the answer's first token
+    which language the question was in (p("Answer") = 0.07 on a training item). The exchanges teach only that an
+    assistant turn continues in the user's language; the format lines appear as loose lines, never after a
+    question, so the base does not learn to answer with them: stage 2 teaches that."""
     eos = tokenizer.convert_tokens_to_ids(EOS_TEXT)
     ids: list[int] = []
-    for p in load_corpus():
+    passages = load_corpus()
+    for p in passages:
         ids += tokenizer(p.title + "\n\n" + p.text)["input_ids"] + [eos]  # the tokenizer adds BOS
+    for p in passages:
+        for paragraph in p.paragraphs:
+            chat = [{"role": "user", "content": p.title}, {"role": "assistant", "content": paragraph}]
+            ids += chat_token_ids(tokenizer, chat)
     for line in format_lines() * FORMAT_LINE_REPEATS:
         ids += tokenizer(line)["input_ids"] + [eos]
     return ids

@@ -1,8 +1,8 @@
 """Step 00 (notebook ``00_setup``): what this machine offers, and the base model the run starts from.
 
-**The machine**: accelerator, package versions and how Unsloth will run. ``import unsloth`` patches
-transformers, trl and peft for the whole process and takes seconds, so :func:`unsloth_status` asks a
-short-lived subprocess instead of importing it here.
+**The machine**: accelerator, package versions and how Unsloth will run (on a CUDA GPU; a CPU trains with
+transformers + PEFT). ``import unsloth`` patches transformers, trl and peft for the whole process and takes
+seconds, so :func:`unsloth_status` asks a short-lived subprocess instead of importing it here.
 
 **The base model**: ``model.base_model`` in the profile is one of
 
@@ -22,6 +22,7 @@ short-lived subprocess instead of importing it here.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..core.artifacts import package_versions
 from ..core.config import Profile
-from ..core.flags import QUIET_ENV, hub_offline
+from ..core.flags import QUIET_ENV, TRAIN_BACKEND, hub_offline, train_backend
 from ..core.layout import RunLayout
 from ..core.modeldir import BaseModelError, BaseModelInfo, check_model_dir
 from ..core.tiny import build_tiny_model_cached
@@ -59,7 +60,9 @@ print("MMED_UNSLOTH_STATUS=" + json.dumps(info), flush=True)
 
 @dataclass
 class UnslothStatus:
-    """How Unsloth runs here: ``gpu`` (fast path), ``cpu-fallback``, or ``unavailable`` (with the error)."""
+    """How Unsloth runs here: ``gpu`` (fast path), ``cpu-fallback`` (forced onto a CPU), ``not-used``
+    (installed, but training takes transformers + PEFT: no CUDA GPU, or ``MMED_TRAIN_BACKEND=peft``), or
+    ``unavailable`` (with the error)."""
 
     mode: str
     version: str | None
@@ -70,12 +73,29 @@ class UnslothStatus:
         if self.mode == "gpu":
             return f"Unsloth {self.version}: CUDA GPU fast path"
         if self.mode == "cpu-fallback":
-            return f"Unsloth {self.version}: no GPU found, CPU fallback (transformers + PEFT on CPU)"
+            return f"Unsloth {self.version}: no GPU found, Unsloth's CPU fallback (forced by {TRAIN_BACKEND}=unsloth)"
+        if self.mode == "not-used":
+            return (
+                f"Unsloth {self.version} installed, not used: training runs on transformers + PEFT "
+                f"({self.error}; {TRAIN_BACKEND}=unsloth forces Unsloth)"
+            )
         return f"Unsloth unavailable ({self.error}); training falls back to transformers + PEFT"
 
 
 def unsloth_status(timeout: float = 300.0) -> UnslothStatus:
-    """Import Unsloth in a subprocess and report whether it runs on the GPU or its CPU fallback."""
+    """Import Unsloth in a subprocess and report whether it runs on the GPU or its CPU fallback. Where training
+    will not use it (``MMED_TRAIN_BACKEND=peft``, or ``auto`` without a CUDA GPU) it is not imported (that takes
+    seconds): the installed version comes from the package metadata."""
+    import torch
+
+    choice = train_backend()
+    if choice == "peft" or (choice == "auto" and not torch.cuda.is_available()):
+        try:
+            version = importlib.metadata.version("unsloth")
+        except importlib.metadata.PackageNotFoundError:
+            return UnslothStatus("unavailable", None, "the unsloth package is not installed")
+        why = f"{TRAIN_BACKEND}=peft" if choice == "peft" else "no CUDA GPU, and Unsloth has no CPU kernels"
+        return UnslothStatus("not-used", version, why)
     env = {**QUIET_ENV, **os.environ}
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, env=env)

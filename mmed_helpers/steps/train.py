@@ -7,9 +7,10 @@ The paper's recipe, as two calls of one API:
   into the base (:func:`merge_adapter`);
 * stage 2 - QLoRA (the merged model loaded in 4-bit NF4, LoRA r=16, alpha=8) on MMed-IFT-MC.
 
-Training goes through Unsloth's ``FastLanguageModel`` (fused kernels on a CUDA GPU, a transformers + PEFT
-fallback on CPU). Where Unsloth cannot be imported (or ``MMED_DISABLE_UNSLOTH=1``), the same configs run on
-plain transformers + PEFT (+ bitsandbytes for 4-bit), and the API says so once. Records are chat messages; they
+On a CUDA GPU, training goes through Unsloth's ``FastLanguageModel`` (fused kernels). On a CPU, or where Unsloth
+cannot be imported (or ``MMED_TRAIN_BACKEND=peft``), the same configs run on plain transformers + PEFT
+(+ bitsandbytes for 4-bit), and the API says so once; ``MMED_TRAIN_BACKEND=unsloth`` forces Unsloth's own CPU
+fallback. Records are chat messages; they
 are trained as prompt -> completion, so the loss falls on the assistant's answer only. What one training run
 writes into its folder is :class:`~mmed_helpers.core.layout.TrainDir`: checkpoints every ``save_steps`` (a rerun
 resumes from the last complete one), the adapter, the log history and a manifest::
@@ -33,8 +34,9 @@ from typing import Any
 from ..core.artifacts import atomic_directory, atomic_write_text, write_manifest
 from ..core.config import ModelConfig, StageConfig
 from ..core.device import resolve_dtype
-from ..core.flags import unsloth_disabled
+from ..core.flags import TRAIN_BACKEND, train_backend
 from ..core.layout import TrainDir
+from ..core.llm import chat_token_ids
 
 _ANNOUNCED = False
 
@@ -47,9 +49,18 @@ class TrainingError(RuntimeError):
 
 
 def unsloth_enabled() -> bool:
-    """True if Unsloth can be used (importable and not disabled with ``MMED_DISABLE_UNSLOTH=1``)."""
-    if unsloth_disabled():
+    """True if training goes through Unsloth: asked for (``MMED_TRAIN_BACKEND``: ``unsloth``, or ``auto`` with
+    a CUDA GPU) and importable. On a CPU, ``auto`` trains with transformers + PEFT: Unsloth brings no kernels
+    there and its fallback measured 4.5x slower per QLoRA step (``benchmarks/train_throughput.py``)."""
+    choice = train_backend()
+    if choice == "peft":
         return False
+    if choice == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            _announce(f"no CUDA GPU: training with transformers + PEFT ({TRAIN_BACKEND}=unsloth forces Unsloth)")
+            return False
     try:
         import unsloth  # noqa: F401  (must be imported before transformers, trl, peft)
     except Exception as exc:  # ImportError, or a GPU-stack error on an unsupported machine
@@ -194,9 +205,8 @@ def tokenize_completions(dataset, tokenizer, max_length: int):
     ``max_length``; records left with no completion token are dropped."""
 
     def encode(record):
-        prompt = tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=True)
-        prompt, full = _ids(prompt), _ids(full)
+        prompt = chat_token_ids(tokenizer, record["prompt"], add_generation_prompt=True)
+        full = chat_token_ids(tokenizer, record["prompt"] + record["completion"])
         if full[: len(prompt)] != prompt:  # a template that rewrites earlier turns: mask by length anyway
             prompt = full[: len(prompt)]
         ids = full[:max_length]
@@ -205,12 +215,6 @@ def tokenize_completions(dataset, tokenizer, max_length: int):
 
     out = dataset.map(encode, remove_columns=dataset.column_names)
     return out.filter(lambda r: any(x != -100 for x in r["labels"]))
-
-
-def _ids(encoded) -> list[int]:
-    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    return list(encoded)
 
 
 class CompletionCollator:
@@ -232,6 +236,66 @@ class CompletionCollator:
             labels[i, :k] = torch.tensor(b["labels"])
             mask[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class PackedCollator:
+    """Padding-free batching (``packing: true``): the batch's samples are packed, longest first, into the first
+    row with room for them. A row holds at most as many tokens as the batch's longest sample, so the batch is
+    never wider than the padded one, only shorter (fewer rows): with dense attention (SDPA on a CPU) packing
+    cannot cost more than padding, and with a variable-length kernel the rows could be any length. Rows are
+    padded to the longest. ``position_ids`` restart at 0 for every sample and for the padding, and no attention
+    mask is passed: transformers then builds a block-diagonal causal mask from the position ids
+    (``masking_utils.find_packed_sequence_indices``), so no token attends to another sample, and the first label
+    of every sample is -100, so no token learns to predict the next sample. The batch also says
+    ``use_cache=False``: with a cache, transformers skips that detection and the samples see each other.
+    The loss is the same as :class:`CompletionCollator`'s (the same tokens carry it); fewer pad tokens are
+    computed."""
+
+    def __init__(self, tokenizer):
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @staticmethod
+    def rows(lengths: Sequence[int]) -> list[list[int]]:
+        """The sample indices of each row (first fit, longest first, rows as long as the longest sample)."""
+        width = max(lengths)
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+            for r, free in enumerate(room):
+                if lengths[i] <= free:
+                    rows[r].append(i)
+                    room[r] -= lengths[i]
+                    break
+            else:
+                rows.append([i])
+                room.append(width - lengths[i])
+        return rows
+
+    def __call__(self, batch):
+        import torch
+
+        lengths = [len(b["input_ids"]) for b in batch]
+        rows = self.rows(lengths)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                k = lengths[i]
+                ids[r, at : at + k] = torch.tensor(batch[i]["input_ids"])
+                labels[r, at + 1 : at + k] = torch.tensor(batch[i]["labels"][1:])
+                positions[r, at : at + k] = torch.arange(k)
+                at += k
+            positions[r, at:] = torch.arange(width - at)  # the padding is a sample of its own, with no loss
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
+
+
+def batch_collator(tokenizer, stage: StageConfig):
+    """The training collator of a stage: :class:`PackedCollator` if ``stage.packing``, else
+    :class:`CompletionCollator`."""
+    return PackedCollator(tokenizer) if stage.packing else CompletionCollator(tokenizer)
 
 
 # --------------------------------------------------------------------------- validation
@@ -564,7 +628,8 @@ def _make_trainer(backend: str, model, tok, dataset, args: dict, stage: StageCon
         if backend == "unsloth":
             from trl import SFTConfig, SFTTrainer
 
-            sft_args = SFTConfig(**args, max_length=max_length)
+            # padding-free batches (Unsloth's attention keeps the samples apart)
+            sft_args = SFTConfig(**args, max_length=max_length, padding_free=stage.packing)
             return SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=sft_args)
         from transformers import Trainer, TrainingArguments
 
@@ -572,7 +637,8 @@ def _make_trainer(backend: str, model, tok, dataset, args: dict, stage: StageCon
         hf_args = TrainingArguments(
             **args, gradient_checkpointing=stage.gradient_checkpointing, remove_unused_columns=False
         )
-        return Trainer(model=model, args=hf_args, train_dataset=features, data_collator=CompletionCollator(tok))
+        collator = batch_collator(tok, stage)
+        return Trainer(model=model, args=hf_args, train_dataset=features, data_collator=collator)
 
 
 def _model_facts(model) -> dict[str, int]:
