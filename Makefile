@@ -59,6 +59,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ccts_scoring.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/eval_speed.py
+	$(BIN)/python benchmarks/packing.py
+	$(BIN)/python benchmarks/manifest_hashing.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

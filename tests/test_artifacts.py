@@ -75,3 +75,66 @@ def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left behind
+
+
+def test_a_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch):
+    """A planted kill after the old directory is moved aside and before the new one is in place (the window
+    where the old code had deleted the old one): the old one comes back on the next write, or on recovery."""
+    from pathlib import Path
+
+    import pytest
+
+    from mmed_helpers.core.artifacts import atomic_directory, recover_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    real_rename = Path.rename
+
+    def killed_after_first(self, dest):
+        if Path(dest) == target:
+            raise KeyboardInterrupt("killed between the renames")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", killed_after_first)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not target.exists() and (tmp_path / ".model.old" / "a.txt").read_text() == "one"
+    assert recover_directory(target) == "restored" and (target / "a.txt").read_text() == "one"
+    assert recover_directory(target) is None
+
+    (tmp_path / ".model.new-x").mkdir()  # an unfinished build from a kill, and an old copy left after the swap
+    (tmp_path / ".model.old").mkdir()
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("three")
+    assert (target / "a.txt").read_text() == "three"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_model_identity_tells_models_apart_without_reading_the_weights(tmp_path):
+    """A model directory as transformers saves it: the identity follows the config, the tokenizer, the
+    safetensors header and a rewrite of the weights (size or modification time), and the manifest records a
+    model directory by it (an 8B model is not read byte by byte on every manifest)."""
+    import os
+
+    from mmed_helpers.core.artifacts import input_record, model_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    weights = model / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    first = model_identity(model)
+    assert model_identity(model) == first
+    (model / "config.json").write_text('{"model_type": "qwen2"}')
+    assert model_identity(model) != first
+    before = model_identity(model)
+    st = weights.stat()
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes([1]) * 16)  # retrained in place
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert model_identity(model) != before
+    rec = input_record(model)
+    assert set(rec) == {"path", "identity"} and rec["identity"] == model_identity(model)
+    assert set(input_record(weights)) == {"path", "sha256"}  # a single file: its bytes

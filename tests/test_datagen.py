@@ -196,10 +196,25 @@ def test_store_recovers_a_cut_line_and_retries_errors(tmp_path):
     store = JsonlStore(path)
     assert store.recovered == 1 and set(store.records) == {"a", "b"}
     assert store.done("a") and not store.done("b") and not store.done("c")
+    before = path.read_bytes()
+    JsonlStore(path)  # opening only reads: the cut line is still there, byte for byte
+    assert path.read_bytes() == before
     store.append([{"id": "b", "output": "ok now", "error": None}])
     reopened = JsonlStore(path)
     assert reopened.done("b") and reopened.records["b"]["output"] == "ok now" and reopened.recovered == 0
-    assert all(json.loads(line) for line in path.read_text().splitlines())
+    lines = path.read_text().splitlines()
+    assert path.read_bytes().startswith(before)  # nothing written before is ever rewritten
+    assert lines[2] == '{"id": "c", "output": "cut sh' and reopened.corrupt == 1  # ended, kept, not parsed
+    assert [json.loads(line)["id"] for i, line in enumerate(lines) if i != 2] == ["a", "b", "b"]
+
+
+def test_store_keeps_a_whole_last_record_without_its_newline(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    path.write_text('{"id": "a", "output": "x", "error": null}\n{"id": "b", "output": "y", "error": null}')
+    store = JsonlStore(path)
+    assert store.done("a") and store.done("b") and (store.recovered, store.corrupt) == (0, 0)
+    store.append([{"id": "c", "output": "z", "error": None}])
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
 
 
 # --------------------------------------------------------------------------- the whole step

@@ -38,7 +38,7 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     base = json.loads((run / "base_model.json").read_text())
     assert base["source"] == "tiny" and (Path(base["path"]) / "model.safetensors").is_file()
     manifest = json.loads((run / "00_setup" / "manifest.json").read_text())
-    assert manifest["profile"] == "smoke" and manifest["inputs"]["base_model"]["sha256"]
+    assert manifest["profile"] == "smoke" and manifest["inputs"]["base_model"]["identity"]
     assert manifest["outputs"]["model"]["architecture"] == "LlamaForCausalLM"
     assert {r["lang"] for r in manifest["outputs"]["tokenizer_fertility"]} == {"en", "zh", "ja", "fr", "ru", "es"}
     assert (run / "00_setup" / "tokenizer_fertility.png").stat().st_size > 5000

@@ -368,3 +368,29 @@ def test_packed_batches_train_exactly_like_padded_ones_and_keep_samples_apart(ti
     for leaky in (running, cached):  # (a random-weight model: the leak moves the loss little, but far more)
         with torch.no_grad():
             assert abs(float(model(**leaky).loss) - loss_padded) > 50 * max(exact, 1e-7), exact
+
+
+def test_a_rerun_reuses_a_finished_stage_and_refuses_a_changed_one(peft_only, tiny_dir, data, tmp_path):
+    """Rerunning notebook 03 after it finished must not train one more step (it used to come back at step
+    N + 1): the same config, data, base and seed give back the finished run; anything else is refused, named."""
+    cfg = _cfg(**{"stage1.max_steps": 4})
+    out = tmp_path / "s1"
+    first = train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
+    weights = out / "adapter" / "adapter_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
+    assert again.reused and not first.reused
+    assert (again.global_step, again.final_loss, again.losses) == (first.global_step, first.final_loss, first.losses)
+    assert again.validation_curve() == first.validation_curve() and again.validation_drop == first.validation_drop
+    assert weights.stat().st_mtime_ns == stamp  # not trained, not rewritten
+
+    changed = _cfg(**{"stage1.max_steps": 4, "stage1.learning_rate": 1e-3})
+    with pytest.raises(TrainingError, match=r"different stage: delete that folder"):
+        train_stage("stage1", changed.stage1, tiny_dir, [data / "ift"], out, changed.model, progress=False)
+    with pytest.raises(TrainingError, match=r"different data"):
+        train_stage("stage1", cfg.stage1, tiny_dir, [data / "mc"], out, cfg.model, progress=False)
+
+    merged = merge_adapter(tiny_dir, first.adapter_dir, tmp_path / "merged", dtype="float32")
+    stamp = (merged / "model.safetensors").stat().st_mtime_ns
+    assert merge_adapter(tiny_dir, first.adapter_dir, merged, dtype="float32") == merged
+    assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the same merge is kept, not redone

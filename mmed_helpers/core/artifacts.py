@@ -67,6 +67,40 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def model_identity(path: str | Path, small: int = 4 * 2**20) -> str:
+    """A cheap identity of a model directory: SHA-256 over every file's name, size and modification time, the
+    bytes of the small files (config, tokenizer: up to ``small`` bytes) and each safetensors header (tensor names,
+    shapes, offsets). Weights rewritten in place change the modification time, so this tells two models apart
+    without reading gigabytes of weights (:func:`file_sha256` reads every byte)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(x for x in root.rglob("*") if x.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if st.st_size <= small:
+            h.update(f.read_bytes())
+        elif f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                h.update(fh.read(min(n, 100 * 2**20)))
+    return h.hexdigest()
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """A Hugging Face model directory: ``config.json`` and safetensors weights."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and any(p.glob("*.safetensors"))
+
+
+def input_record(path: str | Path) -> dict[str, str]:
+    """How a manifest names one input: its absolute path and SHA-256, or for a model directory its
+    :func:`model_identity` (an 8B model's 16 GB are not read on every manifest)."""
+    p = Path(path)
+    if is_model_dir(p):
+        return {"path": str(p.resolve()), "identity": model_identity(p)}
+    return {"path": str(p.resolve()), "sha256": file_sha256(p)}
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     p = Path(path)
@@ -82,20 +116,55 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling and swap it in at the end: readers see the old directory or
     the complete new one, never half of it, and an exception (or a kill) leaves no partial ``path``.
 
+    The swap is two renames: the old directory to ``.<name>.old``, then the new one into place; the old one is
+    deleted only after that. A kill between the renames leaves ``.<name>.old`` complete, and the next
+    :func:`atomic_directory` (or :func:`recover_directory`) on the same path puts it back first; unfinished
+    ``.<name>.new-*`` folders from a kill are removed.
+
     >>> with atomic_directory("/tmp/model") as tmp:
     ...     (tmp / "config.json").write_text("{}")
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    recover_directory(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    old = _old_copy(target)
     try:
         yield tmp
         if target.exists():
-            shutil.rmtree(target)
+            target.rename(old)
         tmp.rename(target)
+        if old.exists():
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _old_copy(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+def recover_directory(path: str | Path) -> str | None:
+    """Repair what a kill inside :func:`atomic_directory` left at ``path``: the previous directory is put back
+    if the swap stopped between its two renames, a leftover old copy is deleted once the new one is in place,
+    and unfinished ``.<name>.new-*`` folders are removed. Returns what was done (``restored``, ``cleaned``) or
+    None when there was nothing to do."""
+    target = Path(path)
+    old = _old_copy(target)
+    done = None
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old)
+            done = "cleaned"
+        else:
+            old.rename(target)
+            done = "restored"
+    if target.parent.is_dir():
+        for leftover in target.parent.glob(f".{target.name}.new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            done = done or "cleaned"
+    return done
 
 
 def write_manifest(
@@ -111,7 +180,8 @@ def write_manifest(
 ) -> Path:
     """Write ``out_dir/manifest.json`` describing how the artifacts in ``out_dir`` were made.
 
-    ``inputs`` maps a name to a file or directory; each is recorded with its absolute path and SHA-256.
+    ``inputs`` maps a name to a file or directory; each is recorded by :func:`input_record` (path and SHA-256,
+    or a model directory's cheap identity).
     """
     record = {
         "step": step,
@@ -119,8 +189,7 @@ def write_manifest(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "parameters": dict(parameters or {}),
-        "inputs": {
-            name: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for name, p in (inputs or {}).items()
+        "inputs": {name: input_record(p) for name, p in (inputs or {}).items()
         },
         "outputs": dict(outputs or {}),
         "timings_s": {k: round(float(v), 3) for k, v in (timings or {}).items()},

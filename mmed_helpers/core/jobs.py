@@ -28,10 +28,13 @@ from .llm import Completion
 class JsonlStore:
     """Append-only JSON Lines file keyed by ``id``: the crash-safe record of every model output.
 
-    Opening it reads what is there; a last line without its newline (a write cut short by a kill) is cut off
-    and counted in ``recovered``. ``append`` writes whole lines and fsyncs, so after it returns the records
-    survive a crash. Records with an ``error`` are kept for the record but do not count as done, so a rerun
-    tries them again; a later success for the same id supersedes them.
+    Opening it only reads the file, never writes it (notebooks open stores just to show them). A last line
+    without its newline (a write cut short by a kill) is kept if it is a whole record, else it is skipped and
+    counted in ``recovered``; the next ``append`` first ends that line, so the cut bytes stay in the file as
+    one unreadable line (counted in ``corrupt`` from then on) and no earlier line is ever touched. ``append``
+    writes whole lines and fsyncs, so after it returns the records survive a crash. Records with an ``error``
+    are kept for the record but do not count as done, so a rerun tries them again; a later success for the
+    same id supersedes them.
     """
 
     def __init__(self, path: str | Path):
@@ -40,25 +43,34 @@ class JsonlStore:
         self.records: dict[str, dict[str, Any]] = {}
         self.recovered = 0
         self.corrupt = 0
+        self._unterminated = False
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # partial last line from an interrupted write
-            self.recovered += 1
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
-            data = data[:end]
-        for line in parse_jsonl(data.decode("utf-8"), self.path.name):
-            rec = line.record
-            if line.error or not isinstance(rec, dict) or "id" not in rec:
-                self.corrupt += 1
-                continue
-            old = self.records.get(rec["id"])
-            if old is None or old.get("error") or not rec.get("error"):
-                self.records[rec["id"]] = rec
+        tail = data[end:]
+        self._unterminated = bool(tail)
+        for line in parse_jsonl(data[:end].decode("utf-8", errors="replace"), self.path.name):
+            self._take(line.record if not line.error else None)
+        if tail.strip():  # the last line has no newline: an interrupted write, unless it is a whole record
+            try:
+                rec = json.loads(tail.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                rec = None
+            if isinstance(rec, dict) and "id" in rec:
+                self._take(rec)
+            else:
+                self.recovered += 1
+
+    def _take(self, rec: Any) -> None:
+        if not isinstance(rec, dict) or "id" not in rec:
+            self.corrupt += 1
+            return
+        old = self.records.get(rec["id"])
+        if old is None or old.get("error") or not rec.get("error"):
+            self.records[rec["id"]] = rec
 
     def done(self, rid: str) -> bool:
         rec = self.records.get(rid)
@@ -69,6 +81,9 @@ class JsonlStore:
         if not records:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
+            if self._unterminated:  # end the cut line first, so it cannot swallow the next record
+                fh.write("\n")
+                self._unterminated = False
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()

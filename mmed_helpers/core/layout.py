@@ -139,6 +139,11 @@ class TrainDir:
         """TensorBoard event files (``tensorboard --logdir <this>``)."""
         return self.root / "tensorboard"
 
+    @property
+    def manifest(self) -> Path:
+        """The run's record: config, inputs, and its ``identity`` (what a rerun must match to reuse it)."""
+        return self.root / "manifest.json"
+
 
 def _in(step: str, *parts: str) -> str:
     return "/".join((STEPS[step], *parts))

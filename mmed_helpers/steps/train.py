@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.artifacts import atomic_directory, atomic_write_text, write_manifest
+from ..core.artifacts import atomic_directory, atomic_write_text, file_sha256, model_identity, write_manifest
 from ..core.config import ModelConfig, StageConfig
 from ..core.device import resolve_dtype
 from ..core.flags import TRAIN_BACKEND, train_backend
@@ -471,6 +471,8 @@ class TrainResult:
     validation_by_language_final: dict[str, float] = field(default_factory=dict)
     validation: list[ValidationLoss] = field(default_factory=list)
     """The validation curve: step 0 (the starting model), every ``eval_steps``, the last step."""
+    reused: bool = False
+    """True when a rerun found this run finished with the same identity and did not train again."""
 
     @property
     def validation_drop(self) -> float | None:
@@ -511,6 +513,15 @@ def train_stage(
     versions, steps, final loss, wall time, peak memory)."""
     folder = TrainDir(Path(out_dir).expanduser().resolve())
     dataset = load_sft_dataset(data_paths)  # fails before loading any model when data is missing or empty
+    identity = run_identity(stage, model_cfg, model_path, data_paths, seed)
+    finished = finished_run(folder, identity, name)
+    if finished is not None:
+        print(
+            f"{name}: reusing the finished run in {folder.root} (same config, data, base and seed); "
+            "delete that folder to train again",
+            flush=True,
+        )
+        return finished
     dataset, held_out = split_validation(dataset, stage.validation_fraction, seed)
     if not len(dataset):
         raise TrainingError(f"nothing left to train on after holding out {len(held_out)} validation records")
@@ -568,8 +579,62 @@ def train_stage(
         validation=history_v,
         **facts,
     )
-    _write_training_record(result, folder, history, stage, model_cfg, model_path, data_paths, seed, profile)
+    _write_training_record(result, folder, history, stage, model_cfg, model_path, data_paths, seed, profile, identity)
     return result
+
+
+def run_identity(stage: StageConfig, model_cfg: ModelConfig, model_path, data_paths, seed: int) -> dict[str, Any]:
+    """What a finished training run must match to be reused: the stage and model configs, the base model (path
+    and :func:`~mmed_helpers.core.artifacts.model_identity`), the data (paths and SHA-256) and the seed."""
+    base = Path(model_path).expanduser().resolve()
+    identity = {
+        "stage": asdict(stage),
+        "model": asdict(model_cfg),
+        "base_model": str(base),
+        "base_model_identity": model_identity(base),
+        "data": {str(Path(p).resolve()): file_sha256(p) for p in data_paths},
+        "seed": seed,
+    }
+    return json.loads(json.dumps(identity))  # as the manifest will hold it
+
+
+def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> TrainResult | None:
+    """The finished run in ``folder`` when its manifest records the same ``identity`` and its adapter is there,
+    rebuilt from the manifest and the log history; None when the folder holds no finished run. A finished run
+    made with anything different raises :class:`TrainingError` naming what changed (training on top of it would
+    mix two configs, and overwriting it silently would lose it)."""
+    if not folder.manifest.is_file() or not (folder.adapter / "adapter_config.json").is_file():
+        return None
+    manifest = json.loads(folder.manifest.read_text(encoding="utf-8"))
+    previous = manifest.get("parameters", {}).get("identity")
+    if previous != identity:
+        changed = sorted(k for k in identity if (previous or {}).get(k) != identity[k]) or ["recipe"]
+        raise TrainingError(
+            f"{folder.root} holds a finished {name} run made with a different {', '.join(changed)}: delete that "
+            "folder to train again with this setup, or use another run directory"
+        )
+    out = dict(manifest["outputs"])
+    history = json.loads(folder.log_history.read_text(encoding="utf-8")) if folder.log_history.is_file() else []
+    validation = [
+        ValidationLoss(
+            step=h["step"],
+            loss=h["validation_loss"],
+            by_language={k[len("validation_loss_") :]: v for k, v in h.items() if k.startswith("validation_loss_")},
+            tokens=0,
+        )
+        for h in history
+        if "validation_loss" in h
+    ]
+    start = ValidationLoss(0, out["validation_loss_base"], out["validation_by_language_base"], 0)
+    fields = {f for f in TrainResult.__dataclass_fields__} - {"losses", "step_seconds", "validation", "reused"}
+    kept = {k: v for k, v in out.items() if k in fields}
+    kept.update(out_dir=Path(out["out_dir"]), adapter_dir=Path(out["adapter_dir"]))
+    return TrainResult(
+        **kept,
+        losses=[(h["step"], float(h["loss"])) for h in history if "loss" in h],
+        validation=[start, *validation] if out.get("validation_loss_base") is not None else validation,
+        reused=True,
+    )
 
 
 def _training_args(stage: StageConfig, model_cfg: ModelConfig, folder: TrainDir, seed: int, progress: bool) -> dict:
@@ -680,13 +745,19 @@ def _write_training_record(
     data_paths: Sequence[str | Path],
     seed: int,
     profile: str,
+    identity: dict[str, Any],
 ) -> None:
     atomic_write_text(folder.log_history, json.dumps(history, indent=1) + "\n")
     write_manifest(
         folder.root,
         step=result.name,
         profile=profile,
-        parameters={"stage": asdict(stage), "model": asdict(model_cfg), "base_model": str(Path(model_path).resolve())},
+        parameters={
+            "stage": asdict(stage),
+            "model": asdict(model_cfg),
+            "base_model": str(Path(model_path).resolve()),
+            "identity": identity,
+        },
         seed=seed,
         inputs={f"data_{i}": p for i, p in enumerate(data_paths)},
         outputs=result.summary(),
@@ -722,20 +793,31 @@ def _StepTimer():  # noqa: N802 - a factory, so transformers is imported only wh
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
     """Merge a (Do)LoRA adapter into its base with PEFT and save a plain model directory (16-bit on a GPU,
     the model's float32 on CPU) with the tokenizer. The base is loaded unquantised, so a QLoRA adapter is
-    merged into full-precision weights. Written through a temporary folder: never half a model."""
+    merged into full-precision weights. Written through a temporary folder: never half a model. A rerun with the
+    same base, adapter and dtype keeps the existing merge (:data:`MERGE_RECORD`)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_path, adapter_dir, out = Path(base_path).resolve(), Path(adapter_dir).resolve(), Path(out_dir).resolve()
     if not (adapter_dir / "adapter_config.json").is_file():
         raise TrainingError(f"no adapter in {adapter_dir}: train the stage first")
+    record = {"base": model_identity(base_path), "adapter": model_identity(adapter_dir), "dtype": dtype}
+    marker = out / MERGE_RECORD
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == record:
+        return out  # the same base, adapter and dtype were merged here already
     torch_dtype = resolve_dtype(dtype)
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch_dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_directory(out) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+        (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+MERGE_RECORD = "mmed_merge.json"
+"""Written into a merged model directory: the identities of the base and adapter it was merged from, so a
+rerun with the same inputs keeps the merge (and its identity) instead of rewriting it."""
 
 
 def merge_check(base_path: str | Path, adapter_dir: str | Path, merged_dir: str | Path, texts: Sequence[str]) -> dict:
