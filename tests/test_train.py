@@ -389,6 +389,11 @@ def test_a_rerun_reuses_a_finished_stage_and_refuses_a_changed_one(peft_only, ti
         train_stage("stage1", changed.stage1, tiny_dir, [data / "ift"], out, changed.model, progress=False)
     with pytest.raises(TrainingError, match=r"different data"):
         train_stage("stage1", cfg.stage1, tiny_dir, [data / "mc"], out, cfg.model, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["parameters"]["identity"]  # a run made by an earlier version of the course
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainingError, match=r"from before the course recorded what a run was made with"):
+        train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
 
     merged = merge_adapter(tiny_dir, first.adapter_dir, tmp_path / "merged", dtype="float32")
     stamp = (merged / "model.safetensors").stat().st_mtime_ns

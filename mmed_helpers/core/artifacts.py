@@ -189,8 +189,7 @@ def write_manifest(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "parameters": dict(parameters or {}),
-        "inputs": {name: input_record(p) for name, p in (inputs or {}).items()
-        },
+        "inputs": {name: input_record(p) for name, p in (inputs or {}).items()},
         "outputs": dict(outputs or {}),
         "timings_s": {k: round(float(v), 3) for k, v in (timings or {}).items()},
         "python": platform.python_version(),

@@ -607,8 +607,13 @@ def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> Train
         return None
     manifest = json.loads(folder.manifest.read_text(encoding="utf-8"))
     previous = manifest.get("parameters", {}).get("identity")
+    if previous is None:
+        raise TrainingError(
+            f"{folder.root} holds a finished {name} run from before the course recorded what a run was made with: "
+            "delete that folder to train again, or use another run directory"
+        )
     if previous != identity:
-        changed = sorted(k for k in identity if (previous or {}).get(k) != identity[k]) or ["recipe"]
+        changed = sorted(k for k in identity if previous.get(k) != identity[k]) or ["recipe"]
         raise TrainingError(
             f"{folder.root} holds a finished {name} run made with a different {', '.join(changed)}: delete that "
             "folder to train again with this setup, or use another run directory"
