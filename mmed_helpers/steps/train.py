@@ -217,11 +217,16 @@ def tokenize_completions(dataset, tokenizer, max_length: int):
     return out.filter(lambda r: any(x != -100 for x in r["labels"]))
 
 
+def _pad_id(tokenizer) -> int:
+    """The id training pads with: the pad token, else end-of-sequence."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class CompletionCollator:
     """Right-pads ``input_ids`` (pad token), ``labels`` (-100) and builds the attention mask."""
 
     def __init__(self, tokenizer):
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad = _pad_id(tokenizer)
 
     def __call__(self, batch):
         import torch
@@ -252,7 +257,7 @@ class PackedCollator:
     computed."""
 
     def __init__(self, tokenizer):
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad = _pad_id(tokenizer)
 
     @staticmethod
     def rows(lengths: Sequence[int]) -> list[list[int]]:
