@@ -1,6 +1,8 @@
 """CCTS with exact expectations: its parts equal sacrebleu's and bert-score's own numbers; the calibrated form, the
 meaning guard and the keep decision, measured on the shipped labelled round trips."""
 
+import dataclasses
+
 import bert_score
 import pytest
 import sacrebleu
@@ -279,8 +281,10 @@ def test_calibration_fit_mode_fits_for_the_profile_encoder(calibration):
     assert scorer.calibration is not None
     # batch composition moves F1 in the 7th decimal (padding), so the refit agrees to 1e-4, not bit for bit
     assert scorer.coefficients == pytest.approx(calibration.coefficients, abs=1e-4)
-    with pytest.raises(ValueError, match="ccts.calibration must be one of"):
-        CCTSScorer.from_config(load_profile("smoke", {"ccts.calibration": "auto"}).ccts)
+    with pytest.raises(ValueError, match="'ccts.calibration' in override of profile 'smoke' must be one of"):
+        load_profile("smoke", {"ccts.calibration": "auto"})  # the profile refuses it before any step
+    with pytest.raises(ValueError, match="ccts.calibration must be one of"):  # a config built in code
+        CCTSScorer.from_config(dataclasses.replace(cc, calibration="auto"))
     with pytest.raises(ValueError, match="ccts.score_form must be one of"):
         CCTSScorer(form="median")
 

@@ -20,6 +20,15 @@ def test_run_jobs_does_only_what_is_missing(tmp_path):
     assert len(reopened) == 5
 
 
+def test_a_batch_size_below_one_is_refused_instead_of_running_empty_batches(tmp_path):
+    store = JsonlStore(tmp_path / "raw.jsonl")
+    calls = []
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
+            run_jobs([Job("a", "x")], lambda b: calls.append(b) or upper(b), store, bad)
+    assert calls == [] and len(store) == 0 and not (tmp_path / "raw.jsonl").exists()
+
+
 def test_failed_jobs_are_recorded_and_retried(tmp_path):
     store = JsonlStore(tmp_path / "raw.jsonl")
     jobs = [Job("a", "x"), Job("b", "y")]

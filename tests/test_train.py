@@ -1,6 +1,7 @@
 """Training API on CPU: both backends (Unsloth's CPU fallback in a subprocess, plain PEFT in-process), DoRA,
 merge exactness, 4-bit QLoRA, resume after a kill, and the clear errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -290,7 +291,7 @@ def test_canaries_catch_a_leaking_mask_a_zero_learning_rate_and_no_adapter(peft_
     assert mask_problems(ds, leaking, tok) == list(range(len(ds)))
 
     still = train_stage(
-        "stage1", _cfg(**{"stage1.learning_rate": 0.0}).stage1, tiny_dir, [data / "ift"], tmp_path / "lr0",
+        "stage1", dataclasses.replace(_cfg().stage1, learning_rate=0.0), tiny_dir, [data / "ift"], tmp_path / "lr0",
         _cfg().model, progress=False,
     )  # fmt: skip
     assert still.validation_loss_final == pytest.approx(still.validation_loss_base, abs=1e-6)

@@ -1,10 +1,11 @@
 """Translators and the translate -> back-translate -> score cycle."""
 
+import dataclasses
 import json
 
 import pytest
 
-from mmed_helpers.core.config import load_profile
+from mmed_helpers.core.config import ConfigError, load_profile
 from mmed_helpers.core.layout import RunLayout
 from mmed_helpers.core.llm import Completion, LocalBackend
 from mmed_helpers.core.records import IFTSample, MCItem, load_items
@@ -71,8 +72,11 @@ def test_make_translator_follows_the_profile(tiny_dir, seq2seq_dir):
     assert isinstance(make_translator(load_profile("smoke"), tiny_dir), LLMTranslator)
     cfg = load_profile("smoke", {"ccts.translator": "seq2seq", "ccts.translator_model": str(seq2seq_dir)})
     assert isinstance(make_translator(cfg, tiny_dir), Seq2SeqTranslator)
+    with pytest.raises(ConfigError, match="'ccts.translator_model' in override of profile 'smoke' is empty"):
+        load_profile("smoke", {"ccts.translator": "seq2seq"})  # the profile refuses it first
+    unset = dataclasses.replace(cfg, ccts=dataclasses.replace(cfg.ccts, translator_model=""))  # built in code
     with pytest.raises(TranslationError, match="translator_model is empty"):
-        make_translator(load_profile("smoke", {"ccts.translator": "seq2seq"}), tiny_dir)
+        make_translator(unset, tiny_dir)
 
 
 def test_fields_and_rebuild_keep_the_structure():

@@ -6,6 +6,8 @@ torch.float32
 
 from __future__ import annotations
 
+from .config import DTYPES
+
 
 def default_device() -> str:
     """``cuda`` when a CUDA GPU is visible, else ``cpu``."""
@@ -25,5 +27,5 @@ def resolve_dtype(dtype: str, device: str | None = None):
         return torch.float32
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"model.dtype {dtype!r} is not a torch dtype; use auto, float32, bfloat16 or float16")
+        raise ValueError(f"model.dtype {dtype!r} is not a torch dtype; use one of {DTYPES}")
     return value

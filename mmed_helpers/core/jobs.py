@@ -115,8 +115,10 @@ def run_jobs(
 ) -> int:
     """Run ``worker`` on every job not yet done in ``store``, ``batch_size`` at a time, appending each batch's
     outputs as soon as it returns. Returns how many jobs ran. ``progress(n)`` is called after each batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     todo = [j for j in jobs if not store.done(j.id)]
-    for start in range(0, len(todo), max(1, batch_size)):
+    for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         outs = worker(batch)
         if len(outs) != len(batch):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .config import DATAGEN_BACKENDS
 from .device import default_device, resolve_dtype
 
 Messages = list[dict[str, str]]
@@ -288,4 +289,4 @@ def make_backend(datagen_cfg, base_model_path: str | Path) -> Backend:
             api_key_env=datagen_cfg.api_key_env,
             concurrency=datagen_cfg.batch_size,
         )
-    raise ValueError(f"datagen.backend must be 'local' or 'openai', got {datagen_cfg.backend!r}")
+    raise ValueError(f"datagen.backend must be one of {DATAGEN_BACKENDS}, got {datagen_cfg.backend!r}")

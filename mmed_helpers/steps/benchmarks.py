@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..core.config import BENCHMARKS, MMEDBENCH_SPLITS, PUBMEDQA_FOLDS
 from ..core.flags import hub_offline
 from ..core.jsonl import parse_jsonl
 from ..core.languages import TABLE
 from ..core.layout import EVAL_DIR, PUBMEDQA_TEST_FOLD
 from ..core.mcformat import LETTERS, FormatError, answer_letters, mc_prompt, option_lines, options_list
 
-BENCHMARKS = ("medqa", "medmcqa", "pubmedqa", "mmedbench")
 HUB = {
     "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
     "medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
@@ -51,8 +51,6 @@ HUB = {
 }
 MMEDBENCH_ZIP = "MMedBench.zip"
 """The one data file of ``Henrychur/MMedBench`` on the Hub (``MMedBench/Train/`` and ``MMedBench/Test/`` inside)."""
-MMEDBENCH_SPLITS = {"test": "Test", "train": "Train"}
-PUBMEDQA_FOLDS = ("test", "all")
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 BUNDLED = {
     "medqa": EVAL_DIR / "medqa" / "test.jsonl",

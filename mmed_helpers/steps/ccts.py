@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from ..core.config import CCTSConfig
+from ..core.config import CALIBRATION_MODES, SCORE_FORMS, CCTSConfig
 from ..core.jsonl import read_jsonl
 from ..core.languages import TABLE
 from ..core.layout import CCTS_CALIBRATION_DIR, CCTS_HELDOUT_DIR
@@ -52,8 +52,6 @@ BLEU_TOKENIZERS = {code: row.bleu_tokenizer for code, row in TABLE.items()}
 """Language -> sacrebleu tokeniser (from the language table)."""
 PACKAGED_MINILM = "packaged-minilm"
 GUARD_TERMS_FILE = CCTS_CALIBRATION_DIR / "guard_terms.yaml"
-SCORE_FORMS = ("calibrated", "mean")
-CALIBRATION_MODES = ("fixed", "fit")
 REASONS = ("kept", "below_threshold", "meaning_changed", "wrong_target_language", "translation_failed")
 """Why a round trip was kept or dropped (``meaning_changed`` = the meaning guard rejected it)."""
 

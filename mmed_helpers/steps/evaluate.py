@@ -30,13 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.config import PROTOCOLS
 from ..core.device import default_device, resolve_dtype
 from ..core.layout import RunLayout
 from ..core.mcformat import extract_answers
 from .benchmarks import EvalError, EvalItem
-
-PROTOCOLS = ("loglik", "generate")
-
 
 # --------------------------------------------------------------------------- scoring: log-likelihood
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.artifacts import atomic_directory, atomic_write_text, file_sha256, model_identity, write_manifest
-from ..core.config import ModelConfig, StageConfig
+from ..core.config import METHODS, REPORT_TO, ModelConfig, StageConfig
 from ..core.device import resolve_dtype
 from ..core.flags import TRAIN_BACKEND, train_backend
 from ..core.layout import TrainDir
@@ -86,8 +86,8 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
     path = Path(model_path).expanduser().resolve()  # absolute: a relative path looks like a hub id
     if not (path / "config.json").is_file():
         raise TrainingError(f"model directory {path} not found (no config.json)")
-    if stage.method not in ("dora", "lora", "qlora"):
-        raise TrainingError(f"stage method must be dora, lora or qlora, got {stage.method!r}")
+    if stage.method not in METHODS:
+        raise TrainingError(f"stage method must be one of {METHODS}, got {stage.method!r}")
     if stage.method == "qlora" and not stage.load_in_4bit:
         raise TrainingError("method qlora needs load_in_4bit: true")
     dtype = resolve_dtype(model_cfg.dtype)
@@ -673,9 +673,6 @@ def _training_args(stage: StageConfig, model_cfg: ModelConfig, folder: TrainDir,
         disable_tqdm=not progress,
         optim="adamw_8bit" if on_gpu and stage.load_in_4bit else "adamw_torch",
     )
-
-
-REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
 
 
 def _report_to(value: str) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import yaml
 
 from ..core.artifacts import atomic_write_text
-from ..core.config import Profile
+from ..core.config import SEQ2SEQ_STYLES, TRANSLATORS, Profile
 from ..core.device import default_device
 from ..core.jobs import Job, JsonlStore, run_jobs
 from ..core.languages import TABLE
@@ -97,7 +97,7 @@ class Seq2SeqTranslator:
     ``nllb`` and ``m2m`` (one many-to-many model, target forced as the first generated token) or ``marian``
     (``model`` is a pattern with ``{src}`` and ``{tgt}``, one model per pair, loaded on first use)."""
 
-    STYLES = ("nllb", "m2m", "marian")
+    STYLES = SEQ2SEQ_STYLES
 
     def __init__(
         self,
@@ -196,7 +196,7 @@ def make_translator(cfg: Profile, base_model_path: str | Path) -> Translator:
         if not cc.translator_model:
             raise TranslationError("ccts.translator is seq2seq but ccts.translator_model is empty")
         return Seq2SeqTranslator(cc.translator_model, cc.seq2seq_style, cc.batch_size, cc.max_new_tokens)
-    raise TranslationError(f"ccts.translator must be 'llm' or 'seq2seq', got {cc.translator!r}")
+    raise TranslationError(f"ccts.translator must be one of {TRANSLATORS}, got {cc.translator!r}")
 
 
 # --------------------------------------------------------------------------- the cycle
