@@ -39,6 +39,28 @@ def test_manifest_records_inputs_versions_and_timings(tmp_path):
     assert m["packages"]["torch"] == package_versions(["torch"])["torch"] is not None
 
 
+def test_a_rerun_that_says_the_same_keeps_the_manifest_and_any_change_rewrites_it(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("data")
+    kw = dict(step="01_x", profile="smoke", parameters={"k": 1}, inputs={"src": src}, outputs={"n": 2})
+    path = write_manifest(tmp_path / "step", timings={"wall": 5.0}, **kw)
+    first = path.read_bytes()
+    write_manifest(tmp_path / "step", timings={"wall": 0.1}, **kw)  # the rerun only took less time
+    assert path.read_bytes() == first
+    for change in ({"outputs": {"n": 3}}, {"parameters": {"k": 2}}, {"seed": 7}):
+        write_manifest(tmp_path / "step", timings={"wall": 0.1}, **{**kw, **change})
+        assert path.read_bytes() != first, change
+        assert json.loads(path.read_text())["timings_s"]["wall"] == 0.1
+        write_manifest(tmp_path / "step", timings={"wall": 5.0}, **kw)
+        first = path.read_bytes()
+    src.write_text("other data")  # an input changed: recorded anew
+    write_manifest(tmp_path / "step", timings={"wall": 5.0}, **kw)
+    assert json.loads(path.read_text())["inputs"]["src"]["sha256"] == file_sha256(src)
+    path.write_text("{cut")  # a damaged manifest is replaced
+    write_manifest(tmp_path / "step", timings={"wall": 5.0}, **kw)
+    assert read_manifest(tmp_path / "step")["outputs"] == {"n": 2}
+
+
 def test_package_versions_reports_missing_as_none():
     assert package_versions(["surely-not-installed-pkg"]) == {"surely-not-installed-pkg": None}
 

@@ -386,3 +386,42 @@ def test_only_the_needed_logits_are_computed(tiny_lm):
         full = model(input_ids=ids, attention_mask=mask).logits
     assert some.shape == (1, 2, full.shape[-1])
     assert torch.allclose(some[0], full[0, [3, ids.shape[1] - 1]], atol=1e-5)
+
+
+def test_a_rerun_reuses_scores_only_for_the_same_model_items_and_settings(tiny_dir, tmp_path):
+    import os
+    import shutil
+
+    from mmed_helpers.steps.evaluate import evaluate_or_reuse
+
+    store = RunLayout(tmp_path / "run").eval_model_results("base")
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    kw = dict(dtype="float32", batch_size=2, max_new_tokens=4, progress=False)
+    first, reused = evaluate_or_reuse("base", model_dir, None, ITEMS, ["loglik", "generate"], store, **kw)
+    assert not reused and store.is_file() and len(first) == 9  # 3 items x loglik, loglik_norm, generate
+    before = store.stat().st_mtime_ns
+
+    # a planted mark in the stored answers comes back: the rerun read them instead of scoring again
+    saved = json.loads(store.read_text())
+    saved["results"][0]["raw"] = "PLANTED"
+    store.write_text(json.dumps(saved))
+    again, reused = evaluate_or_reuse("base", model_dir, None, ITEMS, ["loglik", "generate"], store, **kw)
+    assert reused and again[0].raw == "PLANTED" and again[1:] == first[1:]
+    assert store.stat().st_mtime_ns >= before
+
+    changed = [
+        dict(items=ITEMS[:2]),  # other items
+        dict(protocols=["loglik"]),  # other protocols
+        dict(max_new_tokens=5),  # other generation settings
+    ]
+    for change in changed:
+        args = {"items": ITEMS, "protocols": ["loglik", "generate"], **kw, **change}
+        fresh, reused = evaluate_or_reuse(name="base", model_dir=model_dir, adapter=None, store=store, **args)
+        assert not reused and all(r.raw != "PLANTED" for r in fresh), change
+    # weights rewritten in place (new mtime) are another model
+    evaluate_or_reuse("base", model_dir, None, ITEMS, ["loglik", "generate"], store, **kw)
+    weights = next(model_dir.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    _, reused = evaluate_or_reuse("base", model_dir, None, ITEMS, ["loglik", "generate"], store, **kw)
+    assert not reused

@@ -181,7 +181,9 @@ def write_manifest(
     """Write ``out_dir/manifest.json`` describing how the artifacts in ``out_dir`` were made.
 
     ``inputs`` maps a name to a file or directory; each is recorded by :func:`input_record` (path and SHA-256,
-    or a model directory's cheap identity).
+    or a model directory's cheap identity). When the folder already holds a manifest that says the same (all but
+    the time it was written and the timings, :data:`RERUN_FIELDS`), it is kept as it is: a rerun that reproduced
+    the step's artifacts changes nothing in the run, its record included.
     """
     record = {
         "step": step,
@@ -196,7 +198,24 @@ def write_manifest(
         "platform": platform.platform(),
         "packages": package_versions(),
     }
-    return atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(record, indent=2, default=str) + "\n")
+    path = Path(out_dir) / "manifest.json"
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if isinstance(old, dict) and _without(old, RERUN_FIELDS) == _without(json.loads(text), RERUN_FIELDS):
+            return path
+    return atomic_write_text(path, text)
+
+
+RERUN_FIELDS = ("created", "timings_s")
+"""Manifest fields that differ between a run and a rerun that reproduced it exactly."""
+
+
+def _without(record: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in keys}
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

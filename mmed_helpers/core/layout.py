@@ -195,6 +195,9 @@ class RunLayout:
         _in("evaluate", "single_stage", TrainDir.ADAPTER), "evaluate", "adapter", "single-stage ablation adapter"
     )
     eval_results = Artifact(_in("evaluate", "results.json"), "evaluate", "file", "evaluation results")
+    eval_by_model = Artifact(
+        _in("evaluate", "by_model"), "evaluate", "dir", "each model's scored answers, with what they were scored on"
+    )
     # the runner
     executed_notebooks = Artifact("notebooks", RUNNER, "dir", "executed notebooks of the run")
     summary = Artifact("run_summary.json", RUNNER, "file", "the runner's summary")
@@ -243,6 +246,10 @@ class RunLayout:
     def translation_store(self, direction: str) -> Path:
         """The resumable JSONL store of the ``forward`` or ``backward`` translations."""
         return self.translation_raw / f"{direction}.jsonl"
+
+    def eval_model_results(self, model: str) -> Path:
+        """Model ``model``'s scored answers and their identity (reused by a rerun that would score the same)."""
+        return self.eval_by_model / f"{model}.json"
 
     def training(self, name: str) -> TrainDir:
         """The training folder of ``stage1``, ``stage2`` or ``single_stage``."""

@@ -23,6 +23,7 @@ Two models scored on the same items are compared with an exact McNemar test (:fu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -369,6 +370,76 @@ MODELS: dict[str, tuple[str, str | None]] = {
 }
 """The models of the comparison: name -> (weights, adapter on top or None), as run artifacts (``base`` is the
 base model notebook 00 recorded)."""
+
+
+def evaluation_identity(
+    model_dir: str | Path,
+    adapter: str | Path | None,
+    items: Sequence[EvalItem],
+    protocols: Sequence[str],
+    *,
+    dtype: str,
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """What one model's scores depend on: the weights and adapter (:func:`model_identity`), every item's content,
+    the protocols and the generation settings. Equal identities give equal scores."""
+    from ..core.artifacts import model_identity
+
+    content = json.dumps([asdict(it) for it in items], ensure_ascii=False, sort_keys=True)
+    return {
+        "model": model_identity(model_dir),
+        "adapter": model_identity(adapter) if adapter else None,
+        "items": hashlib.sha256(content.encode("utf-8")).hexdigest(),
+        "n_items": len(items),
+        "protocols": list(protocols),
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def evaluate_or_reuse(
+    name: str,
+    model_dir: str | Path,
+    adapter: str | Path | None,
+    items: Sequence[EvalItem],
+    protocols: Sequence[str],
+    store: str | Path,
+    *,
+    dtype: str = "auto",
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> tuple[list[ItemResult], bool]:
+    """Model ``name``'s results on ``items``: read from ``store`` when it was scored there with the same
+    :func:`evaluation_identity`, else loaded, scored with :func:`evaluate_model`, freed and saved to ``store``
+    (atomically: a kill leaves the old file or the new one). Returns ``(results, reused)``."""
+    import gc
+
+    from ..core.artifacts import atomic_write_text
+
+    store = Path(store)
+    identity = evaluation_identity(
+        model_dir, adapter, items, protocols, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    if store.is_file():
+        saved = json.loads(store.read_text(encoding="utf-8"))
+        if saved.get("identity") == identity:
+            return [ItemResult(**r) for r in saved["results"]], True
+    model, tok = load_eval_model(model_dir, adapter, dtype=dtype)
+    try:
+        results = evaluate_model(name, model, tok, items, protocols, batch_size, max_new_tokens, progress)
+    finally:
+        del model
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record = {"identity": identity, "results": [asdict(r) for r in results]}
+    atomic_write_text(store, json.dumps(record, ensure_ascii=False) + "\n")
+    return results, False
 
 
 def model_sources(run: RunLayout, names: Sequence[str]) -> dict[str, tuple[Path, Path | None]]:
