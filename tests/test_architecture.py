@@ -15,7 +15,7 @@ from mmed_helpers.runner import discover_notebooks
 PKG = ROOT / "mmed_helpers"
 NOTEBOOKS = discover_notebooks(ROOT / "notebooks")
 # step modules that may import a sibling step (both belong to the same notebook)
-SAME_STEP = {("translate", "ccts"), ("evaluate", "benchmarks")}
+SAME_STEP = {("translate", "ccts"), ("evaluate", "benchmarks"), ("mergecheck", "train")}
 
 
 def _imports(path: Path, root: Path = ROOT) -> list[str]:

@@ -174,3 +174,45 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     assert (run / "05_evaluate" / "single_stage" / "adapter" / "adapter_config.json").is_file()
     for png in ("mmedbench_by_language.png", "two_vs_single.png"):
         assert (run / "05_evaluate" / png).stat().st_size > 5000
+
+
+def _file_hashes(run: Path) -> dict[str, str]:
+    import hashlib
+
+    skip = {"notebooks", "run_summary.json"}  # what the runner keeps of each invocation (outputs, wall times)
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.relative_to(run).parts[0] not in skip
+    }
+
+
+@pytest.mark.e2e
+def test_a_second_course_run_changes_nothing(smoke_course):
+    """Run the whole course again in the same folder (in place: the run records absolute paths, so a copy would
+    be another run). Every artifact keeps its bytes, nothing is trained, generated, translated or scored again.
+    Runs last: the course's other tests have read the run as the first pass left it."""
+    run, _ = smoke_course
+    before = _file_hashes(run)
+    cli = Path(sys.executable).with_name("mmed-course")
+    proc = subprocess.run(
+        [str(cli), "run", "--profile", "smoke", "--run-dir", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    after = _file_hashes(run)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert changed == [], changed
+    outputs = {}
+    for name in ("01_generate_qa", "02_translate_ccts", "03_stage1_dora", "04_stage2_qlora", "05_evaluate"):
+        nb = nbformat.read(run / "notebooks" / f"{name}.ipynb", as_version=4)
+        outputs[name] = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "generated now: 0 outputs" in outputs["01_generate_qa"]
+    assert "translated now: 0 texts" in outputs["02_translate_ccts"]
+    for name, stage in (("03_stage1_dora", "stage1"), ("04_stage2_qlora", "stage2")):
+        assert f"{stage}: reusing the finished run" in outputs[name]
+    assert outputs["05_evaluate"].count("kept from an earlier run") == len(SMOKE.evaluation.models)
+    assert "single-stage ablation trained" not in outputs["05_evaluate"]

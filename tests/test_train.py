@@ -16,13 +16,13 @@ from mmed_helpers.core.config import load_profile
 from mmed_helpers.core.layout import MissingArtifactError, RunLayout
 from mmed_helpers.core.records import save_dataset, to_dataset
 from mmed_helpers.steps.generate import load_seeds
+from mmed_helpers.steps.mergecheck import merge_check
 from mmed_helpers.steps.train import (
     TrainingError,
     last_checkpoint,
     load_sft_dataset,
     mask_problems,
     merge_adapter,
-    merge_check,
     split_validation,
     tokenize_completions,
     train_stage,
@@ -92,8 +92,10 @@ def test_loss_falls_only_on_the_completion(tiny_dir, data):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
+    before = sorted(p.name for p in (data / "mc").iterdir())
     ds = load_sft_dataset([data / "mc"])
     feats = tokenize_completions(ds, tok, max_length=4096)
+    assert sorted(p.name for p in (data / "mc").iterdir()) == before  # no cache files in the run's data folder
     row, rec = feats[0], ds[0]
     target = [i for i, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
     assert tok.decode(target) == rec["completion"][0]["content"] + "<|eot_id|>"
@@ -130,7 +132,8 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from mmed_helpers.core.config import load_profile
-    from mmed_helpers.steps.train import train_stage, merge_adapter, merge_check
+    from mmed_helpers.steps.train import train_stage, merge_adapter
+    from mmed_helpers.steps.mergecheck import merge_check
     tiny, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     cfg = load_profile("smoke", {"stage1.max_steps": 6, "stage2.max_steps": 4})
     r1 = train_stage("stage1", cfg.stage1, tiny, [data / "ift"], out / "s1", cfg.model, progress=False)

@@ -183,6 +183,9 @@ class RunLayout:
     stage1_train = Artifact(_in("stage1", _TRAIN), "stage1", "dir", "stage-1 training folder")
     stage1_adapter = Artifact(_in("stage1", _TRAIN, TrainDir.ADAPTER), "stage1", "adapter", "stage-1 DoRA adapter")
     stage1_merged = Artifact(_in("stage1", "merged"), "stage1", "model", "stage-1 merged model")
+    stage1_merge_check = Artifact(
+        _in("stage1", "merge_check.json"), "stage1", "file", "the merge check's result and what it checked"
+    )
     # 04 stage 2
     stage2_train = Artifact(_in("stage2", _TRAIN), "stage2", "dir", "stage-2 training folder")
     stage2_adapter = Artifact(_in("stage2", _TRAIN, TrainDir.ADAPTER), "stage2", "adapter", "stage-2 QLoRA adapter")

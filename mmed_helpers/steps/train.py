@@ -156,7 +156,8 @@ def load_sft_dataset(paths: Sequence[str | Path]):
         p = Path(p)
         if not p.exists():
             raise TrainingError(f"training data {p} not found: run the notebook that writes it first")
-        ds = load_from_disk(str(p))
+        # in memory: mapping a dataset read from disk would leave cache-*.arrow files in the run's data folders
+        ds = load_from_disk(str(p), keep_in_memory=True)
         if len(ds):
             parts.append(ds.select_columns([c for c in ("messages", *_KEEP) if c in ds.column_names]))
     if not parts:
@@ -825,30 +826,3 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
 MERGE_RECORD = "mmed_merge.json"
 """Written into a merged model directory: the identities of the base and adapter it was merged from, so a
 rerun with the same inputs keeps the merge (and its identity) instead of rewriting it."""
-
-
-def merge_check(base_path: str | Path, adapter_dir: str | Path, merged_dir: str | Path, texts: Sequence[str]) -> dict:
-    """Compare logits of base + adapter with the merged model on ``texts`` (float32): the max and mean absolute
-    difference, the logits' mean magnitude, and whether every argmax agrees."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(merged_dir))
-    enc = tok(list(texts), return_tensors="pt", padding=True)
-    with_adapter = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32), str(adapter_dir)
-    ).eval()
-    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32).eval()
-    with torch.no_grad():
-        a, b, c = (m(**enc).logits for m in (with_adapter, merged, base))
-    mask = enc["attention_mask"].bool()
-    diff = (a - b).abs()[mask]
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "logit_mean_magnitude": float(a.abs()[mask].mean()),
-        "argmax_agreement": float((a.argmax(-1) == b.argmax(-1))[mask].float().mean()),
-        "adapter_effect_max": float((a - c).abs()[mask].max()),
-    }
