@@ -403,3 +403,24 @@ def test_a_rerun_reuses_a_finished_stage_and_refuses_a_changed_one(peft_only, ti
     stamp = (merged / "model.safetensors").stat().st_mtime_ns
     assert merge_adapter(tiny_dir, first.adapter_dir, merged, dtype="float32") == merged
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the same merge is kept, not redone
+
+
+def test_an_interrupted_run_resumes_only_with_the_setup_it_was_started_with(peft_only, tiny_dir, data, tmp_path):
+    """What a kill leaves (checkpoints and the identity written before the first step, no adapter, no manifest):
+    a changed setup is refused before any model is loaded; the same setup resumes from the last checkpoint."""
+    import shutil
+
+    cfg = _cfg(**{"stage1.max_steps": 6, "stage1.save_steps": 3})
+    out = tmp_path / "s1"
+    train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
+    shutil.rmtree(out / "adapter")
+    (out / "manifest.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")  # killed between the checkpoints at steps 3 and 6
+    assert json.loads((out / "run_identity.json").read_text())["stage"]["learning_rate"] == cfg.stage1.learning_rate
+
+    changed = _cfg(**{"stage1.max_steps": 6, "stage1.save_steps": 3, "stage1.learning_rate": 1e-3})
+    with pytest.raises(TrainingError, match=r"checkpoint-3 belongs to an interrupted stage1 run started with a "
+                       r"different stage: delete .* to train from the start"):  # fmt: skip
+        train_stage("stage1", changed.stage1, tiny_dir, [data / "ift"], out, changed.model, progress=False)
+    resumed = train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
+    assert resumed.resumed_from == str(out / "checkpoints" / "checkpoint-3") and resumed.global_step == 6

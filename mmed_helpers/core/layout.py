@@ -144,6 +144,12 @@ class TrainDir:
         """The run's record: config, inputs, and its ``identity`` (what a rerun must match to reuse it)."""
         return self.root / "manifest.json"
 
+    @property
+    def started_with(self) -> Path:
+        """The ``identity`` the training in progress was started with (what a resume from its checkpoints must
+        match), written before the first step."""
+        return self.root / "run_identity.json"
+
 
 def _in(step: str, *parts: str) -> str:
     return "/".join((STEPS[step], *parts))

@@ -528,6 +528,9 @@ def train_stage(
             flush=True,
         )
         return finished
+    resume = last_checkpoint(folder.checkpoints)
+    if resume is not None:
+        _check_resume(folder, identity, name, resume)
     dataset, held_out = split_validation(dataset, stage.validation_fraction, seed)
     if not len(dataset):
         raise TrainingError(f"nothing left to train on after holding out {len(held_out)} validation records")
@@ -550,7 +553,7 @@ def train_stage(
         validator.history.append(start)
         validator.trainer = trainer
         trainer.add_callback(validator)
-    resume = last_checkpoint(folder.checkpoints)
+    atomic_write_text(folder.started_with, json.dumps(identity, indent=1) + "\n")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - t0
@@ -604,6 +607,25 @@ def run_identity(stage: StageConfig, model_cfg: ModelConfig, model_path, data_pa
     return json.loads(json.dumps(identity))  # as the manifest will hold it
 
 
+def _changed(previous: dict[str, Any], identity: dict[str, Any]) -> str:
+    return ", ".join(sorted(k for k in identity if previous.get(k) != identity[k]) or ["recipe"])
+
+
+def _check_resume(folder: TrainDir, identity: dict[str, Any], name: str, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` when the interrupted run was started with another identity (resuming
+    would continue one config's optimiser state and schedule under another). Checkpoints from before the course
+    recorded it are resumed as before."""
+    if not folder.started_with.is_file():
+        return
+    previous = json.loads(folder.started_with.read_text(encoding="utf-8"))
+    if previous != identity:
+        raise TrainingError(
+            f"{checkpoint} belongs to an interrupted {name} run started with a different "
+            f"{_changed(previous, identity)}: delete {folder.root} to train from the start with this setup, or "
+            "restore the setup to resume it"
+        )
+
+
 def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> TrainResult | None:
     """The finished run in ``folder`` when its manifest records the same ``identity`` and its adapter is there,
     rebuilt from the manifest and the log history; None when the folder holds no finished run. A finished run
@@ -619,10 +641,9 @@ def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> Train
             "delete that folder to train again, or use another run directory"
         )
     if previous != identity:
-        changed = sorted(k for k in identity if previous.get(k) != identity[k]) or ["recipe"]
         raise TrainingError(
-            f"{folder.root} holds a finished {name} run made with a different {', '.join(changed)}: delete that "
-            "folder to train again with this setup, or use another run directory"
+            f"{folder.root} holds a finished {name} run made with a different {_changed(previous, identity)}: delete "
+            "that folder to train again with this setup, or use another run directory"
         )
     out = dict(manifest["outputs"])
     history = json.loads(folder.log_history.read_text(encoding="utf-8")) if folder.log_history.is_file() else []
