@@ -1,5 +1,6 @@
 """Data generation: prompts, seeds, parsing, filters, the resumable store and the whole step."""
 
+import dataclasses
 import json
 import os
 import re
@@ -301,6 +302,34 @@ def test_run_datagen_counts_passages_without_condensed_text(tmp_path):
     result = run_datagen(cfg, RunLayout(tmp_path), Silent(passages), progress=False)
     assert result.reports["ift"].rejected["no_condensed_text"] == 1
     assert result.reports["ift"].generated == 1  # only the passage that was condensed got an item
+
+
+def test_bad_inputs_give_one_clear_error_or_a_counted_reject_and_no_partial_artifact(tmp_path):
+    # an empty corpus without seeds: one error, no dataset written
+    cfg = load_profile("smoke", {"languages": ["en"], "datagen.include_seeds": False})
+    with pytest.raises(DataGenError, match=r"no ift item survived filtering for \['en'\]; see the reject table"):
+        run_datagen(cfg, RunLayout(tmp_path / "empty"), ExtractiveBackend([]), passages=[], progress=False)
+    assert not RunLayout(tmp_path / "empty").has("ift") and not RunLayout(tmp_path / "empty").has("mc")
+
+    # a passage labelled French whose text is English: what it yields is counted as wrong_language
+    en = select_passages(load_corpus(["en"]), 1)[0]
+    mislabelled = dataclasses.replace(en, id="fr-901", lang="fr")
+    cfg = load_profile("smoke", {"languages": ["en", "fr"]})
+    result = run_datagen(
+        cfg, RunLayout(tmp_path / "lang"), ExtractiveBackend([mislabelled]), passages=[mislabelled], progress=False
+    )
+    assert [result.reports[k].rejected["wrong_language"] for k in ("ift", "mc")] == [1, 1]
+
+    # MC items fail every filter while IFT items pass: neither dataset is saved (not one without the other)
+    class NoOptions(ExtractiveBackend):
+        def _one(self, user):
+            return "no JSON here" if '"options"' in user else super()._one(user)
+
+    cfg = load_profile("smoke", {"languages": ["en"], "datagen.include_seeds": False})
+    passages = select_passages(load_corpus(["en"]), 2)
+    with pytest.raises(DataGenError, match="no mc item survived filtering"):
+        run_datagen(cfg, RunLayout(tmp_path / "half"), NoOptions(passages), passages=passages, progress=False)
+    assert not RunLayout(tmp_path / "half").has("ift")
 
 
 def test_job_ids_are_stable():

@@ -517,15 +517,16 @@ def run_datagen(
 
     by_id = {p.id: p for p in passages}
     items, reports = {}, {}
-    for kind, path in (("ift", run.ift), ("mc", run.mc)):
+    for kind in ("ift", "mc"):
         seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
         wanted = {j.id for j in jobs[kind]}  # this run's items only, even if the store holds more
         raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
         kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
         if not kept:
             raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
-        save_dataset(to_dataset(kept, kind), path)
         items[kind], reports[kind] = kept, report
+    for kind, path in (("ift", run.ift), ("mc", run.mc)):  # both sets or neither: never one without the other
+        save_dataset(to_dataset(items[kind], kind), path)
     return DatagenResult(run.step_dir("generate"), items, reports, generated, recovered, backend.describe())
 
 
