@@ -291,6 +291,15 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
     again = run_datagen(cfg, RunLayout(tmp_path), ExtractiveBackend(passages), progress=False)
     assert again.generated_now == 0 and again.reports["ift"].kept == ift.kept
 
+    # other generation settings would reuse outputs made with the old ones: refused, named
+    from mmed_helpers.core.jobs import StoreMismatch
+
+    hotter = load_profile(
+        "smoke", {"languages": ["en", "fr", "ru"], "datagen.ift_per_passage": 2, "datagen.temperature": 1.0}
+    )
+    with pytest.raises(StoreMismatch, match=r"made with a different generation: restore those settings"):
+        run_datagen(hotter, RunLayout(tmp_path), ExtractiveBackend(passages), progress=False)
+
 
 def test_run_datagen_counts_passages_without_condensed_text(tmp_path):
     class Silent(ExtractiveBackend):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from mmed_helpers.core.jobs import Job, JsonlStore, run_jobs
@@ -43,3 +45,20 @@ def test_failed_jobs_are_recorded_and_retried(tmp_path):
 def test_worker_must_answer_every_job(tmp_path):
     with pytest.raises(RuntimeError, match="returned 1 results for 2 jobs"):
         run_jobs([Job("a", "x"), Job("b", "y")], lambda b: upper(b)[:1], JsonlStore(tmp_path / "r.jsonl"), 8)
+
+
+def test_claim_stores_records_refuses_other_settings_and_lets_prompts_grow(tmp_path):
+    from mmed_helpers.core.jobs import StoreMismatch, claim_stores
+
+    record = tmp_path / "raw" / "identity.json"
+    ident = {"model": "m", "generation": {"temperature": 0.7}, "prompts": {"en/ift": "a"}}
+    claim_stores(record, ident, fix="FIX")
+    before = record.read_bytes()
+    claim_stores(record, ident, fix="FIX")  # the same: nothing rewritten
+    assert record.read_bytes() == before
+    with pytest.raises(StoreMismatch, match=r"were made with a different generation: FIX"):
+        claim_stores(record, {**ident, "generation": {"temperature": 0.2}}, fix="FIX")
+    with pytest.raises(StoreMismatch, match=r"a different model, prompts\[en/ift\]"):
+        claim_stores(record, {**ident, "model": "other", "prompts": {"en/ift": "b"}}, fix="FIX")
+    claim_stores(record, {**ident, "prompts": {"fr/ift": "c"}}, fix="FIX")  # a language added to the run
+    assert json.loads(record.read_text())["prompts"] == {"en/ift": "a", "fr/ift": "c"}

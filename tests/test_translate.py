@@ -180,6 +180,15 @@ def test_cycle_scores_filters_and_resumes(tmp_path):
     )
     again = run_expansion(lower, run, TaggingTranslator(lossy={"ja"}), scorer, _items(), progress=False)
     assert again.translated_now == 0
+    # a translator that describes itself differently made other translations: refused, named
+    from mmed_helpers.core.jobs import StoreMismatch
+
+    class Other(TaggingTranslator):
+        def describe(self):
+            return {**super().describe(), "model": "another-model"}
+
+    with pytest.raises(StoreMismatch, match=r"made with a different translator: restore the translator's settings"):
+        run_expansion(lower, run, Other(lossy={"ja"}), scorer, _items(), progress=False)
     assert sum(p.kept for p in again.pairs) == 6
     assert len(load_items(run.ift_translated, "ift")) == 4
 

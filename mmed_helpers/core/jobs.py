@@ -129,3 +129,31 @@ def run_jobs(
         if progress:
             progress(len(batch))
     return len(todo)
+
+
+class StoreMismatch(RuntimeError):
+    """The outputs in a folder of stores were made with other settings than the run asks for now."""
+
+
+def claim_stores(record: str | Path, identity: dict[str, Any], fix: str, growing: str = "prompts") -> None:
+    """Check that the stores beside ``record`` were made with ``identity`` (backend, model, generation settings,
+    prompt hashes), and record it there on first use. Reusing an output made with another temperature, model
+    or prompt would mix two settings in one dataset without a word, since job ids do not carry settings: a
+    difference raises :class:`StoreMismatch` naming it and ``fix``. The ``growing`` mapping may gain keys (a
+    language added to the run brings its prompts); the keys both hold must agree. Stores made before the course
+    recorded this are adopted as they are."""
+    path = Path(record)
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in identity.keys() | old.keys() if k != growing and old.get(k) != identity.get(k))
+        shared = old.get(growing, {}).keys() & identity.get(growing, {}).keys()
+        changed += sorted(f"{growing}[{k}]" for k in shared if old[growing][k] != identity[growing][k])
+        if changed:
+            raise StoreMismatch(f"the outputs in {path.parent} were made with a different {', '.join(changed)}: {fix}")
+        merged = {**identity, growing: {**old.get(growing, {}), **identity.get(growing, {})}}
+        if merged == old:
+            return
+        identity = merged
+    from .artifacts import atomic_write_text
+
+    atomic_write_text(path, json.dumps(identity, indent=1, sort_keys=True, ensure_ascii=False) + "\n")

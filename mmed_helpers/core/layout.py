@@ -252,6 +252,11 @@ class RunLayout:
         """The resumable JSONL store of generation step ``step`` (``condense``, ``ift``, ``mc``)."""
         return self.generation_raw / f"{step}.jsonl"
 
+    def store_identity(self, raw: str) -> Path:
+        """What the stores of ``generation_raw`` or ``translation_raw`` were made with (backend, model,
+        settings, prompts): a rerun with other settings is refused instead of reusing their outputs."""
+        return getattr(self, raw) / "identity.json"
+
     def translation_store(self, direction: str) -> Path:
         """The resumable JSONL store of the ``forward`` or ``backward`` translations."""
         return self.translation_raw / f"{direction}.jsonl"

@@ -32,7 +32,7 @@ import yaml
 
 from ..core.config import DataGenConfig, Profile
 from ..core.corpus import Passage, load_corpus
-from ..core.jobs import Job, JsonlStore, run_jobs
+from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.jsonl import read_jsonl
 from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
 from ..core.llm import Backend, Completion, GenerationParams
@@ -509,6 +509,11 @@ def run_datagen(
     if passages is None:
         passages = select_passages(load_corpus(cfg.languages), dg.passages_per_language)
     passages = list(passages)
+    claim_stores(
+        run.store_identity("generation_raw"),
+        generation_identity(cfg, backend),
+        fix="restore those settings to resume, or delete that folder to generate again",
+    )
     stores = {step: JsonlStore(run.generation_store(step)) for step in STEPS}
     recovered = sum(s.recovered for s in stores.values())
     jobs, generated = _generate_all(cfg, passages, backend, stores, progress)
@@ -552,6 +557,20 @@ def _generate_all(
             bar.update(sum(stores[step].done(j.id) for j in jobs))
             generated += run_jobs(jobs, worker, stores[step], dg.batch_size, bar.update)
     return jobs_by_step, generated
+
+
+def generation_identity(cfg: Profile, backend: Backend) -> dict[str, Any]:
+    """What generated outputs depend on, beyond their job: the backend and model, the generation settings and
+    the prompts (not the batch size, the device or the endpoint's address)."""
+    described = backend.describe()
+    dg = cfg.datagen
+    return {
+        "backend": described.get("backend"),
+        "model": described.get("model"),
+        "generation": {"max_new_tokens": dg.max_new_tokens, "temperature": dg.temperature, "top_p": dg.top_p},
+        "seed": cfg.seed,
+        "prompts": prompt_hashes(cfg.languages),
+    }
 
 
 def prompt_hashes(languages: Iterable[str], prompts_dir: Path | str = PROMPTS_DIR) -> dict[str, str]:

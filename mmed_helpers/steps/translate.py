@@ -24,6 +24,7 @@ otherwise pass with a perfect round trip)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import yaml
 from ..core.artifacts import atomic_write_text
 from ..core.config import SEQ2SEQ_STYLES, TRANSLATORS, Profile
 from ..core.device import default_device
-from ..core.jobs import Job, JsonlStore, run_jobs
+from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.languages import TABLE
 from ..core.layout import PROMPTS_DIR, RunLayout
 from ..core.llm import Backend, Completion, GenerationParams, make_backend
@@ -315,6 +316,11 @@ def run_expansion(
     sources = {
         kind: select_sources(items, cc.source_language, cc.max_source_samples) for kind, items in datasets.items()
     }
+    claim_stores(
+        run.store_identity("translation_raw"),
+        translation_identity(translator),
+        fix="restore the translator's settings to resume, or delete that folder to translate again",
+    )
     fwd_store = JsonlStore(run.translation_store("forward"))
     back_store = JsonlStore(run.translation_store("backward"))
 
@@ -343,6 +349,14 @@ def run_expansion(
     )
     _save_expansion(result, run)
     return result
+
+
+def translation_identity(translator: Translator) -> dict[str, Any]:
+    """What stored translations depend on beyond their job: the translator as it describes itself, without where
+    it runs (device, batch size, endpoint address), and the prompt of an LLM translator."""
+    described = {k: v for k, v in translator.describe().items() if k not in ("device", "batch_size", "base_url")}
+    prompt = "\n".join(str(getattr(translator, part, "")) for part in ("system", "user"))
+    return {"translator": described, "prompts": {"translate": hashlib.sha256(prompt.encode("utf-8")).hexdigest()}}
 
 
 def _job_id(item: Record, tgt: str, field_name: str) -> str:
