@@ -45,8 +45,8 @@ def test_a_rerun_that_says_the_same_keeps_the_manifest_and_any_change_rewrites_i
     kw = dict(step="01_x", profile="smoke", parameters={"k": 1}, inputs={"src": src}, outputs={"n": 2})
     path = write_manifest(tmp_path / "step", timings={"wall": 5.0}, **kw)
     first = path.read_bytes()
-    write_manifest(tmp_path / "step", timings={"wall": 0.1}, **kw)  # the rerun only took less time
-    assert path.read_bytes() == first
+    write_manifest(tmp_path / "step", timings={"wall": 0.1}, this_run={"generated_now": 0}, **kw)  # a rerun
+    assert path.read_bytes() == first  # that took less time and generated nothing: the first record stays
     for change in ({"outputs": {"n": 3}}, {"parameters": {"k": 2}}, {"seed": 7}):
         write_manifest(tmp_path / "step", timings={"wall": 0.1}, **{**kw, **change})
         assert path.read_bytes() != first, change

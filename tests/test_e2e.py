@@ -117,7 +117,7 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     m02 = json.loads((ccts_dir / "manifest.json").read_text())
-    assert m02["outputs"]["threshold"] == 0.0 and m02["outputs"]["translated_now"] == 0
+    assert m02["outputs"]["threshold"] == 0.0 and m02["this_run"]["translated_now"] == 0
     assert len(m02["outputs"]["kept_ids"]) == len(complete)
     kept_ds = load_from_disk(str(ccts_dir / "mmed_ift_translated"))
     assert len(kept_ds) == sum(s["kind"] == "ift" for s in complete) and set(kept_ds["origin"]) <= {"translated"}

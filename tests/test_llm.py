@@ -174,12 +174,23 @@ class SlowHandler(ChatHandler):
         with cls.lock:
             cls.active += 1
             cls.peak = max(cls.peak, cls.active)
+        self._counted = True
         time.sleep(0.2)
         try:
             super().do_POST()
         finally:
-            with cls.lock:
-                cls.active -= 1
+            self._leave()
+
+    def send_response(self, *args, **kwargs):
+        # leave before the reply goes out: once the client has it, it may start its next request at once
+        self._leave()
+        super().send_response(*args, **kwargs)
+
+    def _leave(self):
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with type(self).lock:
+                type(self).active -= 1
 
 
 def test_concurrency_is_bounded(local):

@@ -177,13 +177,16 @@ def write_manifest(
     inputs: Mapping[str, str | Path] | None = None,
     outputs: Mapping[str, Any] | None = None,
     timings: Mapping[str, float] | None = None,
+    this_run: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/manifest.json`` describing how the artifacts in ``out_dir`` were made.
 
     ``inputs`` maps a name to a file or directory; each is recorded by :func:`input_record` (path and SHA-256,
     or a model directory's cheap identity). When the folder already holds a manifest that says the same (all but
-    the time it was written and the timings, :data:`RERUN_FIELDS`), it is kept as it is: a rerun that reproduced
-    the step's artifacts changes nothing in the run, its record included.
+    the time it was written, the timings and ``this_run``, :data:`RERUN_FIELDS`), it is kept as it is: a rerun
+    that reproduced the step's artifacts changes nothing in the run, its record included. ``this_run`` holds what
+    only the invocation that wrote the manifest did (outputs generated now, a stage reused), not facts of the
+    artifacts.
     """
     record = {
         "step": step,
@@ -194,6 +197,7 @@ def write_manifest(
         "inputs": {name: input_record(p) for name, p in (inputs or {}).items()},
         "outputs": dict(outputs or {}),
         "timings_s": {k: round(float(v), 3) for k, v in (timings or {}).items()},
+        "this_run": dict(this_run or {}),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
@@ -210,7 +214,7 @@ def write_manifest(
     return atomic_write_text(path, text)
 
 
-RERUN_FIELDS = ("created", "timings_s")
+RERUN_FIELDS = ("created", "timings_s", "this_run")
 """Manifest fields that differ between a run and a rerun that reproduced it exactly."""
 
 

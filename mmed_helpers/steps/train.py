@@ -493,6 +493,7 @@ class TrainResult:
         d.pop("losses")
         d.pop("step_seconds")
         d.pop("validation")
+        d.pop("reused")  # what this call did, not a fact of the run (a manifest keeps it under this_run)
         d["validation_drop"] = self.validation_drop
         return d
 
