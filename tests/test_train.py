@@ -424,3 +424,44 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_was_started_with(peft
         train_stage("stage1", changed.stage1, tiny_dir, [data / "ift"], out, changed.model, progress=False)
     resumed = train_stage("stage1", cfg.stage1, tiny_dir, [data / "ift"], out, cfg.model, progress=False)
     assert resumed.resumed_from == str(out / "checkpoints" / "checkpoint-3") and resumed.global_step == 6
+
+
+@pytest.mark.parametrize("width", ["smoke", 384])
+def test_a_4bit_stage_trains_the_same_after_a_validation_pass_on_any_cpu(peft_only, data, tmp_path, width):
+    """Measuring the validation loss (eval mode, no gradients) before training must change neither whether the
+    4-bit model runs nor the adapters' gradients. On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights
+    at such a pass: with the smoke model's 352-wide MLP it then failed outright, and with widths it accepts the
+    gradients came out as far from the right ones as they are large (``keep_4bit_weights_trainable_on_cpu``).
+    On other CPUs both runs take the same path and the test holds as well."""
+    import torch
+
+    from mmed_helpers.core.tiny import build_tiny_model
+    from mmed_helpers.steps.train import CompletionCollator, load_for_training
+
+    cfg = load_profile("smoke")
+    shape = dataclasses.replace(cfg.tiny, pretrain_steps=0)  # the smoke shape, random weights (fast)
+    if width == "smoke":
+        assert shape.intermediate_size % 64 != 0  # the width bitsandbytes' repacking cannot take
+    else:
+        shape = dataclasses.replace(shape, intermediate_size=width)  # one it takes, with wrong gradients after
+    model_dir = build_tiny_model(tmp_path / "tiny", shape, progress=False)
+
+    def gradients(validate_first: bool):
+        model, tok, backend = load_for_training(model_dir, cfg.stage2, cfg.model, seed=0)
+        assert backend == "peft"
+        gen = torch.Generator().manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_" in name:  # the same adapter in both runs; B non-zero, so every layer's output depends on it
+                p.data = torch.randn(p.shape, generator=gen) * 0.1
+        feats = tokenize_completions(load_sft_dataset([data / "mc"]).select(range(8)), tok, 256).select(range(3))
+        batch = CompletionCollator(tok)([feats[i] for i in range(3)])
+        if validate_first:
+            assert validation_loss(model, feats, CompletionCollator(tok), batch_size=1).loss > 0
+        model.train()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, after_validation = gradients(False), gradients(True)
+    assert plain.keys() == after_validation.keys() and len(plain) > 0
+    for name in plain:
+        assert torch.allclose(plain[name], after_validation[name], rtol=1e-4, atol=1e-7), name

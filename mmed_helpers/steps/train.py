@@ -106,6 +106,7 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
         model, tok = FastLanguageModel.from_pretrained(
             str(path), max_seq_length=model_cfg.max_seq_length, dtype=dtype, load_in_4bit=stage.load_in_4bit
         )
+        keep_4bit_weights_trainable_on_cpu(model)
         model = FastLanguageModel.get_peft_model(
             model,
             **adapter,
@@ -130,11 +131,31 @@ def load_for_training(model_path: str | Path, stage: StageConfig, model_cfg: Mod
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if stage.load_in_4bit:
+        keep_4bit_weights_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.gradient_checkpointing)
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return get_peft_model(model, LoraConfig(**adapter, task_type="CAUSAL_LM")), tok, "peft"
+
+
+def keep_4bit_weights_trainable_on_cpu(model) -> int:
+    """Turn off bitsandbytes' CPU weight repacking in every 4-bit layer of ``model``; returns how many.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit``'s weight in place, into a bf16
+    inference layout, at the first forward pass in eval mode without gradients - which is what measuring the
+    validation loss before training is. Two things then go wrong (measured on an AMD EPYC with avx512_bf16):
+    a layer whose input width is not a multiple of the 64-value quantisation block fails outright (``shape
+    '[128, 5]' is invalid for input of size 704`` for the smoke model's 352-wide ``down_proj``), and every later
+    training step runs through kernels with no autograd formula, so the adapters' gradients come out wrong (as
+    far from the right ones as they are large). Training must keep the plain NF4 layout; it is the same on
+    every CPU and on a GPU."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 # --------------------------------------------------------------------------- data
