@@ -26,6 +26,7 @@ from mmed_helpers.steps.generate import (
     STEPS,
     DataGenError,
     ParseError,
+    balance_answer_letters,
     condense_jobs,
     extract_json,
     filter_items,
@@ -288,6 +289,16 @@ def test_run_datagen_keeps_good_items_and_resumes(tmp_path):
         == row["messages"][0]["content"]
     )
 
+    # the backend always answers "A": the saved set has the correct option moved so that letters are balanced
+    generated = [r for r in ds if r["origin"] == "generated"]
+    letters = Counter(r["answer"] for r in generated)
+    assert mc.answer_balance["moved"] == len(generated) and set(letters) <= set("ABCD")
+    assert max(letters.values()) - min(letters[x] for x in "ABCD") <= 1 and len(letters) > 1, letters
+    by_passage = {p.id: p for p in passages}
+    for r in generated:  # the right option is still the passage's first paragraph's first sentence
+        first = re.split(r"(?<=[.。])\s*", by_passage[r["source_id"]].paragraphs[0])[0]
+        assert r["options"][LETTERS.index(r["answer"])] == first
+
     again = run_datagen(cfg, RunLayout(tmp_path), ExtractiveBackend(passages), progress=False)
     assert again.generated_now == 0 and again.reports["ift"].kept == ift.kept
 
@@ -404,3 +415,31 @@ def test_multi_answer_keys_are_parsed_normalised_and_checked():
     for bad in ("A,A", "F", "A,F"):
         item = parse_mc(json.dumps({**base, "answer": bad, "rationale": "r"}))
         assert check_mc(item) == "mc_bad_answer", bad
+
+
+def _mc(i, answer, rationale, origin="generated", n=4):
+    return MCItem(f"g{i:03d}", "en", f"Question {i}?", [f"option text {k}" for k in range(n)], answer, rationale, "", origin)
+
+
+def test_generated_answer_letters_are_balanced_and_rationales_follow_their_options():
+    items = [_mc(i, "B", "Option B is right; (A) and C are not. A patient with a B12 deficiency ...") for i in range(40)]
+    items += [_mc(40, "A,C", "A and C are both correct.", n=5), _mc(41, "B", "B is right.")]  # last: cannot tell
+    items += [_mc(42, "B", "Seeds stay as written.", origin="seed")]
+    out, summary = balance_answer_letters(items, seed=3)
+    assert summary["moved"] == 41 and summary["left_as_written"] == 1
+    letters = Counter(x.answer for x in out[:40])
+    assert sorted(letters.values()) == [10, 10, 10, 10]  # exactly balanced over A-D
+    for before, after in zip(items, out, strict=True):
+        right = [before.options[LETTERS.index(a)] for a in before.answer.split(",")]
+        assert sorted(after.options[LETTERS.index(a)] for a in after.answer.split(",")) == sorted(right)
+        assert sorted(after.options) == sorted(before.options)
+    moved = out[0]
+    old_to_new = {old: LETTERS[moved.options.index(text)] for old, text in zip(LETTERS, items[0].options)}
+    assert moved.rationale == (
+        f"Option {old_to_new['B']} is right; ({old_to_new['A']}) and {old_to_new['C']} are not. "
+        "A patient with a B12 deficiency ..."
+    )
+    assert out[41] == items[41] and out[42] == items[42]  # "B is right." could be a word; seeds untouched
+    again, _ = balance_answer_letters(items, seed=3)
+    assert again == out  # seeded
+    assert balance_answer_letters(items, seed=4)[0] != out

@@ -48,14 +48,21 @@ def test_text_length_counts_cjk_twice():
 
 
 def test_content_tokens_and_support():
-    assert content_tokens("The ECG of an MI, in 2 leads") == {"the", "ecg", "leads"}
+    # numbers, words with digits and two-capital abbreviations count as they are; "an", "in", "Он" do not
+    assert content_tokens("The ECG of an MI, in 2 leads") == {"the", "ecg", "leads", "mi", "2"}
+    assert content_tokens("Give 0,5 mg of B12 IV") == {"give", "0.5", "b12", "iv"}
+    assert content_tokens("Он пил. ВИЧ") == {"пил", "вич"}
     assert content_tokens("сладкий сладкого") == {"сладк"} and content_tokens("caused causes") == {"cause"}
     assert content_tokens("乙型肝炎") == {"乙型", "型肝", "肝炎"}
     source = "In adults, iron deficiency usually results from chronic blood loss."
     assert support_score("Iron deficiency results from chronic blood loss.", source) == 1.0
     assert support_score("Vitamin C causes scurvy.", source) == 0.0
     assert support_score("Iron overload causes hemochromatosis.", source) == pytest.approx(1 / 4)
-    assert support_score("", source) == 1.0
+    # a short answer is checked on what it has, and one with nothing to check does not pass
+    assert support_score("", source) == 0.0 and support_score("—", source) == 0.0
+    dose = "Give 5 mg of enalapril; in DKA start insulin."
+    assert support_score("5 mg", dose) == 1.0 and support_score("10 mg", dose) == 0.0
+    assert support_score("DKA", dose) == 1.0 and support_score("HHS", dose) == 0.0
 
 
 def test_normalize_ignores_case_spacing_punctuation():

@@ -161,3 +161,51 @@ def extract_answers(text: str, n_options: int) -> list[str]:
         return []
     letters = _letters_in(match.group("list"))
     return letters if letters and all(x in valid for x in letters) else []
+
+
+# --------------------------------------------------------------------------- moving the answer
+
+_OPTION_WORD = r"(?i:option|choice|proposition|opci[oó]n|вариант|réponse|respuesta|answer|ответ)s?"
+_CJK_NEAR = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff08\uff09：，。、]"
+_ALONE = r"(?![A-Za-z0-9])"
+_PAIR_WORD = r"(?:and|et|y|и|or|ou|o|или)"
+_LETTER_REFS = [  # each pattern marks its letters with named groups
+    re.compile(rf"{_OPTION_WORD} ?(?P<x>[A-J]){_ALONE}"),  # "option B", "вариант C"
+    re.compile(rf"(?:选项|選択肢)(?P<x>[A-J]){_ALONE}"),  # "选项B"
+    re.compile(r"[(\[（] ?(?P<x>[A-J]) ?[)\]）]"),  # "(B)"
+    re.compile(rf"(?<![A-Za-z0-9])(?P<x>[A-J])(?=\)| ?{_CJK_NEAR})"),  # "B)", "B是"
+    re.compile(rf"(?<={_CJK_NEAR})(?P<x>[A-J]){_ALONE}"),  # "是B"
+    re.compile(rf"(?<![A-Za-z0-9])(?P<x>[A-J])\)? {_PAIR_WORD} \(?(?P<y>[A-J]){_ALONE}"),  # "A and C", "(A) or (C)"
+]
+_LONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9'’\-])[A-J](?![A-Za-z0-9'’\-])")
+_ARTICLE = re.compile(r"A(?= +[^\W\d_])")  # English "A patient", Spanish "A menudo": a word, not option A
+
+
+def relabel_letters(text: str, mapping: Mapping[str, str]) -> str | None:
+    """``text`` (a rationale) with its option-letter references moved by ``mapping`` (old letter -> new), or
+    None when a lone capital letter in it cannot be told apart from an option reference (the caller then leaves
+    the item as it is).
+
+    A reference is a letter after an option word ("option B", "選択肢B", "вариант C"), in brackets ("(D)"),
+    before ")" or next to Chinese/Japanese text ("B是", "Aは"), or in a pair ("A and C")::
+
+        >>> relabel_letters("Option B is wrong; (C) fits, as does A and D. 选项E错误。", dict(zip("ABCDE", "EDCBA")))
+        'Option D is wrong; (C) fits, as does E and B. 选项A错误。'
+        >>> relabel_letters("A patient with vitamin B12 deficiency ...", {"A": "B", "B": "A"})
+        'A patient with vitamin B12 deficiency ...'
+        >>> relabel_letters("B is the answer.", {"A": "B", "B": "A"}) is None
+        True
+    """
+    spans: dict[int, str] = {}
+    for pattern in _LETTER_REFS:
+        for m in pattern.finditer(text):
+            for group, letter in m.groupdict().items():
+                if letter:
+                    spans[m.start(group)] = letter
+    for m in _LONE_CAPITAL.finditer(text):
+        if m.start() not in spans and not _ARTICLE.match(text, m.start()):
+            return None
+    chars = list(text)
+    for pos, letter in spans.items():
+        chars[pos] = mapping.get(letter, letter)
+    return "".join(chars)

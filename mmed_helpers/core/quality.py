@@ -5,7 +5,8 @@
   also accepted when it contains kana and Chinese when it contains none.
 * **Support**: the share of an answer's content tokens that also occur in its source passage (words of three or
   more letters cut to their first five letters, a crude stemmer so that inflected forms such as "сладкий" /
-  "сладкого" or "cause" / "caused" match; character bigrams for Chinese/Japanese). A cheap, documented proxy
+  "сладкого" or "cause" / "caused" match; numbers, words with digits and two-capital abbreviations as they are;
+  character bigrams for Chinese/Japanese; an answer with none of these scores 0). A cheap, documented proxy
   for "the answer comes from the text", not a fact check.
 * **Duplicates**: exact duplicates after normalisation (Unicode NFKC, case-folded, punctuation and spacing
   removed) and near duplicates by MinHash over character 5-gram shingles with LSH banding, confirmed by the
@@ -31,6 +32,8 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_WITH_DIGIT = re.compile(r"(?<![\w.,])\w*\d(?:[\w]|[.,]\d)*", re.UNICODE)
+_ABBREVIATION = re.compile(r"(?<!\w)[^\W\d_]{2}(?!\w)", re.UNICODE)
 STEM = 5
 
 
@@ -75,19 +78,26 @@ def text_length(text: str) -> int:
 
 
 def content_tokens(text: str) -> set[str]:
-    """Case-folded words of >= 3 letters cut to 5 letters, plus character bigrams of Chinese/Japanese runs."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    tokens = {w[:STEM] for w in _WORD.findall(text) if not _CJK.search(w)}
+    """Case-folded words of >= 3 letters cut to 5 letters; numbers, words with digits ("B12", "HbA1c") and
+    capitalised abbreviations of two letters ("MI", "IV") as they are (a decimal comma read as a point); and
+    character bigrams of Chinese/Japanese runs."""
+    text = unicodedata.normalize("NFKC", text)
+    exact = {m.replace(",", ".").casefold() for m in _WITH_DIGIT.findall(text)}
+    exact |= {m.casefold() for m in _ABBREVIATION.findall(text) if m.isupper()}
+    text = text.casefold()
+    tokens = {w[:STEM] for w in _WORD.findall(text) if not _CJK.search(w)} | exact
     for run in re.findall(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+", text):
         tokens.update(run[i : i + 2] for i in range(len(run) - 1))
     return tokens
 
 
 def support_score(answer: str, source: str) -> float:
-    """Share of the answer's content tokens found in ``source`` (1.0 when the answer has none)."""
+    """Share of the answer's content tokens found in ``source``; 0.0 when the answer has none, so that a
+    claim with nothing to check does not pass (an answer like "5 mg" or "DKA" is checked on its number or
+    abbreviation)."""
     ans = content_tokens(answer)
     if not ans:
-        return 1.0
+        return 0.0
     return len(ans & content_tokens(source)) / len(ans)
 
 

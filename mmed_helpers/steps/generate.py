@@ -19,8 +19,10 @@ other thresholds without generating again::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +38,7 @@ from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.jsonl import read_jsonl
 from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
 from ..core.llm import Backend, Completion, GenerationParams
-from ..core.mcformat import LETTERS, FormatError, answer_letters, options_list
+from ..core.mcformat import LETTERS, FormatError, answer_letters, options_list, relabel_letters
 from ..core.quality import find_duplicates, is_language, support_score, text_length
 from ..core.records import IFTSample, MCItem, Record, save_dataset, to_dataset
 
@@ -251,6 +253,8 @@ class FilterReport:
     examples: dict[str, dict[str, str]] = field(default_factory=dict)
     seeds: int = 0
     generated: int = 0
+    answer_balance: dict[str, Any] = field(default_factory=dict)
+    """MC only: what :func:`balance_answer_letters` did (items moved, left as written, letters of the answers)."""
 
     def reject(self, reason: str, lang: str, rid: str, output: str) -> None:
         self.rejected[reason] += 1
@@ -281,6 +285,7 @@ class FilterReport:
             "rejected": dict(self.rejected),
             "by_language": {k: dict(v) for k, v in self.by_language.items()},
             "examples": self.examples,
+            **({"answer_balance": self.answer_balance} if self.answer_balance else {}),
         }
 
 
@@ -394,6 +399,50 @@ def filter_items(
     report.seeds = len(candidates)
     generated, outputs = _valid_generated(kind, raw, passages, cfg, report)
     return _deduplicate(candidates + generated, outputs, cfg, report), report
+
+
+def balance_answer_letters(items: Sequence[Record], seed: int) -> tuple[list[Record], dict[str, Any]]:
+    """Generated MC items with their options reordered so that the correct letters come out balanced.
+
+    A generator writes the right answer where it likes (often first or second); a model trained on that learns
+    "the answer is usually B". In order, each generated single-answer item gets its correct option moved to
+    the letter used least so far (ties drawn from ``seed``), the other options shuffled around it; a
+    multi-answer item gets its options shuffled. The rationale's letter references follow the options
+    (:func:`~mmed_helpers.core.mcformat.relabel_letters`); an item whose rationale has a letter that cannot be
+    told from a word stays as written. Seeds and translations are left alone. Returns the items and a summary:
+    ``moved``, ``left_as_written`` and the count of each correct letter among the generated items."""
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    out: list[Record] = []
+    moved = unmoved = 0
+    for item in items:
+        if not isinstance(item, MCItem) or item.origin != "generated":
+            out.append(item)
+            continue
+        letters = LETTERS[: len(item.options)]
+        answers = item.answer.split(",")
+        if len(answers) == 1:
+            fewest = min(counts[x] for x in letters)
+            target = rng.choice([x for x in letters if counts[x] == fewest])
+            others = [x for x in letters if x != answers[0]]
+            rng.shuffle(others)
+            rest = iter(others)
+            order = [answers[0] if x == target else next(rest) for x in letters]  # old letter at each new place
+        else:
+            order = rng.sample(letters, len(letters))
+        mapping = {old: letters[i] for i, old in enumerate(order)}
+        rationale = relabel_letters(item.rationale, mapping)
+        if rationale is None:
+            unmoved += 1
+            counts.update(answers if len(answers) == 1 else [])
+            out.append(item)
+            continue
+        new_answers = sorted(mapping[a] for a in answers)
+        counts.update(new_answers if len(answers) == 1 else [])
+        options = [item.options[LETTERS.index(old)] for old in order]
+        out.append(dataclasses.replace(item, options=options, answer=",".join(new_answers), rationale=rationale))
+        moved += 1
+    return out, {"moved": moved, "left_as_written": unmoved, "answer_letters": dict(sorted(counts.items()))}
 
 
 def _seed_fields(seed: Record) -> dict[str, Any]:
@@ -527,6 +576,8 @@ def run_datagen(
         wanted = {j.id for j in jobs[kind]}  # this run's items only, even if the store holds more
         raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
         kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
+        if kind == "mc":
+            kept, report.answer_balance = balance_answer_letters(kept, cfg.seed)
         if not kept:
             raise DataGenError(f"no {kind} item survived filtering for {cfg.languages}; see the reject table")
         items[kind], reports[kind] = kept, report
