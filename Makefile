@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/manifest_hashing.py
+	$(BIN)/python benchmarks/decontamination.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

@@ -418,11 +418,15 @@ def test_multi_answer_keys_are_parsed_normalised_and_checked():
 
 
 def _mc(i, answer, rationale, origin="generated", n=4):
-    return MCItem(f"g{i:03d}", "en", f"Question {i}?", [f"option text {k}" for k in range(n)], answer, rationale, "", origin)
+    return MCItem(
+        f"g{i:03d}", "en", f"Question {i}?", [f"option text {k}" for k in range(n)], answer, rationale, "", origin
+    )
 
 
 def test_generated_answer_letters_are_balanced_and_rationales_follow_their_options():
-    items = [_mc(i, "B", "Option B is right; (A) and C are not. A patient with a B12 deficiency ...") for i in range(40)]
+    items = [
+        _mc(i, "B", "Option B is right; (A) and C are not. A patient with a B12 deficiency ...") for i in range(40)
+    ]
     items += [_mc(40, "A,C", "A and C are both correct.", n=5), _mc(41, "B", "B is right.")]  # last: cannot tell
     items += [_mc(42, "B", "Seeds stay as written.", origin="seed")]
     out, summary = balance_answer_letters(items, seed=3)
@@ -434,7 +438,7 @@ def test_generated_answer_letters_are_balanced_and_rationales_follow_their_optio
         assert sorted(after.options[LETTERS.index(a)] for a in after.answer.split(",")) == sorted(right)
         assert sorted(after.options) == sorted(before.options)
     moved = out[0]
-    old_to_new = {old: LETTERS[moved.options.index(text)] for old, text in zip(LETTERS, items[0].options)}
+    old_to_new = {old: LETTERS[moved.options.index(text)] for old, text in zip(LETTERS, items[0].options, strict=False)}
     assert moved.rationale == (
         f"Option {old_to_new['B']} is right; ({old_to_new['A']}) and {old_to_new['C']} are not. "
         "A patient with a B12 deficiency ..."
@@ -443,3 +447,35 @@ def test_generated_answer_letters_are_balanced_and_rationales_follow_their_optio
     again, _ = balance_answer_letters(items, seed=3)
     assert again == out  # seeded
     assert balance_answer_letters(items, seed=4)[0] != out
+
+
+def test_a_corpus_passage_that_copies_a_benchmark_question_yields_no_training_item(tmp_path):
+    """A planted copy of a bundled MedQA question in the corpus: the generator turns it into an IFT and an MC
+    item, and both are removed as ``benchmark_overlap``, named in the per-benchmark report; the other passages'
+    items are kept."""
+    from mmed_helpers.core.corpus import Passage
+    from mmed_helpers.steps.benchmarks import decontamination_index, load_profile_benchmarks
+
+    cfg = load_profile("smoke", {"languages": ["en"]})
+    index = decontamination_index(cfg)
+    medqa = [it for it in load_profile_benchmarks(cfg.evaluation, ["en"], True)[0] if it.benchmark == "medqa"][3]
+    clean = select_passages(load_corpus(["en"]), 2)
+    planted = Passage(
+        "planted-1",
+        "en",
+        "cardiology",
+        "Copied from an exam",
+        "\n\n".join([medqa.question, *clean[0].paragraphs[1:4]]),
+    )
+    passages = [*clean, planted]
+    result = run_datagen(cfg, RunLayout(tmp_path), ExtractiveBackend(passages), False, passages, index)
+    for kind in ("ift", "mc"):
+        report = result.reports[kind]
+        assert report.rejected["benchmark_overlap"] == 1, report.to_dict()
+        assert report.examples["benchmark_overlap"]["id"].startswith("planted-1:")
+        found = report.to_dict()["contamination"]
+        assert found["removed"] == {"medqa": 1} and found["hit_items"] == {"medqa": [medqa.id]}
+        assert found["benchmark_items"] == index.items
+        kept = [it.source_id for it in result.items[kind] if it.origin == "generated"]
+        assert sorted(kept) == sorted(p.id for p in clean)
+    assert "benchmark_overlap" in {r["outcome"] for r in result.reports["ift"].rows() if r["total"]}

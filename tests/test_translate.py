@@ -225,6 +225,63 @@ FRENCH = {
 ENGLISH = {v: k for k, v in FRENCH.items()}
 
 
+def test_translations_that_copy_a_benchmark_item_are_removed_by_translation_or_back_translation(tmp_path):
+    """A translation that reproduces a bundled MMedBench French question, and a round trip whose back-translation
+    reproduces a bundled MedQA question, both pass CCTS (threshold 0) and are removed as ``benchmark_overlap``,
+    counted per benchmark; an ordinary pair is kept."""
+    from mmed_helpers.steps.benchmarks import decontamination_index, load_profile_benchmarks
+
+    cfg = load_profile(
+        "smoke",
+        {
+            "languages": ["en", "fr"],
+            "ccts.threshold": 0.0,
+            "ccts.meaning_guard": False,
+            "ccts.check_target_language": False,
+        },
+    )
+    bench = load_profile_benchmarks(cfg.evaluation, cfg.languages, True)[0]
+    fr_q = next(it for it in bench if it.benchmark == "mmedbench" and it.lang == "fr")
+    medqa = next(it for it in bench if it.benchmark == "medqa")
+    items = [
+        IFTSample("s0", "en", "Source question zero about a patient?", "Source answer zero for that patient."),
+        IFTSample("s1", "en", "Source question one about a patient?", "Source answer one for that patient."),
+        IFTSample("s2", "en", Q_EN, A_EN),
+    ]
+    forward = {items[0].question: fr_q.question, **FRENCH}
+    backward = {f"[fr] {items[1].question}": medqa.question, **ENGLISH}
+
+    class Mapping(TaggingTranslator):
+        def translate(self, texts, src, tgt):
+            table = forward if tgt == "fr" else backward
+            return [
+                Completion(table.get(t, f"[fr] {t}" if tgt == "fr" else ENGLISH.get(t, t.removeprefix("[fr] "))))
+                for t in texts
+            ]
+
+    backward[fr_q.question] = items[0].question
+    result = run_expansion(
+        cfg,
+        RunLayout(tmp_path),
+        Mapping(),
+        CCTSScorer(),
+        {"ift": items},
+        progress=False,
+        benchmarks=decontamination_index(cfg),
+    )
+    rows = {r["id"]: r for r in result.rows()}
+    assert {k: r["reason"] for k, r in rows.items()} == {
+        "s0|fr": "benchmark_overlap",
+        "s1|fr": "benchmark_overlap",
+        "s2|fr": "kept",
+    }
+    assert rows["s0|fr"]["detail"] == f"mmedbench:{fr_q.id}" and rows["s1|fr"]["detail"] == f"medqa:{medqa.id}"
+    report = result.contamination.to_dict()
+    assert report["removed"] == {"medqa": 1, "mmedbench": 1}
+    assert [e["id"] for e in report["examples"]] == ["s0|fr", "s1|fr"]
+    assert [it.id for it in load_items(RunLayout(tmp_path).ift_translated, "ift")] == ["s2|fr"]
+
+
 def test_failed_translations_are_counted_and_retried(tmp_path):
     cfg = load_profile(
         "smoke", {"languages": ["en", "fr", "ja"], "ccts.max_source_samples": 1, "ccts.check_target_language": False}

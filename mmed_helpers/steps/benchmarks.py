@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..core.config import BENCHMARKS, MMEDBENCH_SPLITS, PUBMEDQA_FOLDS
+from ..core.decontam import BenchmarkIndex, benchmark_texts
 from ..core.flags import hub_offline
 from ..core.jsonl import parse_jsonl
 from ..core.languages import TABLE
@@ -442,3 +443,40 @@ def select_items(items: Iterable[EvalItem], cap: int, seed: int) -> list[EvalIte
             group = [it for i, it in enumerate(group) if i in keep]
         out.extend(group)
     return out
+
+
+def load_profile_benchmarks(evaluation, languages: Sequence[str], offline: bool) -> tuple[list[EvalItem], dict]:
+    """Every item of the benchmarks a profile's ``evaluation`` section names, from its sources, splits and
+    folds (what notebook 05 evaluates on, before any cap), and ``{benchmark: why}`` for those that could not be
+    loaded (the caller decides whether that is fatal)."""
+    items: list[EvalItem] = []
+    failed: dict[str, str] = {}
+    for bench in evaluation.benchmarks:
+        try:
+            loaded = load_benchmark(
+                bench,
+                getattr(evaluation, f"{bench}_source"),
+                languages=languages,
+                offline=offline,
+                split=evaluation.mmedbench_split,
+                fold=evaluation.pubmedqa_fold,
+            )
+        except (EvalError, OSError) as exc:
+            failed[bench] = str(exc)
+            continue
+        items += loaded.items
+    return items, failed
+
+
+def decontamination_index(cfg) -> BenchmarkIndex | None:
+    """The n-gram index (:mod:`~mmed_helpers.core.decontam`) of every item of the profile's evaluation
+    benchmarks in the run's languages, which generated and translated training items are checked against; None
+    when ``datagen.decontamination_ngram`` is 0. A benchmark that cannot be loaded is named and left unchecked
+    (notebook 05 fails on it with the same message)."""
+    n = cfg.datagen.decontamination_ngram
+    if n == 0:
+        return None
+    eval_items, failed = load_profile_benchmarks(cfg.evaluation, cfg.languages, cfg.offline)
+    for bench, why in failed.items():
+        print(f"decontamination: {bench} not checked ({why})", flush=True)
+    return BenchmarkIndex.build(benchmark_texts(eval_items), n=n)

@@ -52,7 +52,14 @@ BLEU_TOKENIZERS = {code: row.bleu_tokenizer for code, row in TABLE.items()}
 """Language -> sacrebleu tokeniser (from the language table)."""
 PACKAGED_MINILM = "packaged-minilm"
 GUARD_TERMS_FILE = CCTS_CALIBRATION_DIR / "guard_terms.yaml"
-REASONS = ("kept", "below_threshold", "meaning_changed", "wrong_target_language", "translation_failed")
+REASONS = (
+    "kept",
+    "below_threshold",
+    "meaning_changed",
+    "wrong_target_language",
+    "benchmark_overlap",
+    "translation_failed",
+)
 """Why a round trip was kept or dropped (``meaning_changed`` = the meaning guard rejected it)."""
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from ..core.config import DataGenConfig, Profile
 from ..core.corpus import Passage, load_corpus
+from ..core.decontam import BenchmarkIndex, ContaminationReport, split_contaminated
 from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.jsonl import read_jsonl
 from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
@@ -58,6 +59,7 @@ REASONS = (
     "mc_bad_answer",
     "wrong_language",
     "unsupported_by_source",
+    "benchmark_overlap",
     "exact_duplicate",
     "near_duplicate",
 )
@@ -253,6 +255,8 @@ class FilterReport:
     examples: dict[str, dict[str, str]] = field(default_factory=dict)
     seeds: int = 0
     generated: int = 0
+    contamination: ContaminationReport | None = None
+    """What the benchmark-overlap check removed (None: not run)."""
     answer_balance: dict[str, Any] = field(default_factory=dict)
     """MC only: what :func:`balance_answer_letters` did (items moved, left as written, letters of the answers)."""
 
@@ -285,6 +289,7 @@ class FilterReport:
             "rejected": dict(self.rejected),
             "by_language": {k: dict(v) for k, v in self.by_language.items()},
             "examples": self.examples,
+            **({"contamination": self.contamination.to_dict()} if self.contamination else {}),
             **({"answer_balance": self.answer_balance} if self.answer_balance else {}),
         }
 
@@ -387,8 +392,10 @@ def filter_items(
     cfg: DataGenConfig,
     seeds: Sequence[Record] = (),
     condensed_missing: Iterable[Passage] = (),
+    benchmarks: BenchmarkIndex | None = None,
 ) -> tuple[list[Record], FilterReport]:
-    """Parse, validate and deduplicate generated outputs of ``kind``; seeds go first and win duplicates.
+    """Parse, validate, decontaminate (against ``benchmarks``, if given) and deduplicate generated outputs of
+    ``kind``; seeds go first and win duplicates, and are decontaminated too.
 
     Every raw record ends up either kept or counted under exactly one reason in the report.
     """
@@ -398,7 +405,22 @@ def filter_items(
     candidates = _valid_seeds(kind, seeds, cfg, report)
     report.seeds = len(candidates)
     generated, outputs = _valid_generated(kind, raw, passages, cfg, report)
-    return _deduplicate(candidates + generated, outputs, cfg, report), report
+    candidates += generated
+    if benchmarks is not None:
+        report.contamination = ContaminationReport(n=benchmarks.n)
+        candidates, dirty = split_contaminated(candidates, record_texts, benchmarks, report.contamination)
+        for item, _ in dirty:
+            report.reject("benchmark_overlap", item.lang, item.id, outputs.get(item.id, item.question))
+            report.seeds -= item.origin == "seed"
+    return _deduplicate(candidates, outputs, cfg, report), report
+
+
+def record_texts(item: Record) -> list[str]:
+    """The texts of a training item the benchmark-overlap check reads: question and answer, or question,
+    options and rationale."""
+    if isinstance(item, IFTSample):
+        return [item.question, item.answer]
+    return [item.question, *item.options, item.rationale]
 
 
 def balance_answer_letters(items: Sequence[Record], seed: int) -> tuple[list[Record], dict[str, Any]]:
@@ -549,9 +571,12 @@ def run_datagen(
     backend: Backend,
     progress: bool = True,
     passages: Sequence[Passage] | None = None,
+    benchmarks: BenchmarkIndex | None = None,
 ) -> DatagenResult:
     """Condense, generate, filter and save both datasets into the run (``run.ift``, ``run.mc``).
 
+    ``benchmarks``: items sharing an n-gram with one of these evaluation items are removed
+    (``benchmark_overlap``); notebook 01 passes :func:`~mmed_helpers.steps.benchmarks.decontamination_index`.
     Resumable: outputs already in the run's generation stores are not generated again.
     """
     dg = cfg.datagen
@@ -575,7 +600,7 @@ def run_datagen(
         seeds = load_seeds(kind, cfg.languages) if dg.include_seeds else []
         wanted = {j.id for j in jobs[kind]}  # this run's items only, even if the store holds more
         raw = [r for r in stores[kind].records.values() if r["id"] in wanted]
-        kept, report = filter_items(kind, raw, by_id, dg, seeds, missing)
+        kept, report = filter_items(kind, raw, by_id, dg, seeds, missing, benchmarks)
         if kind == "mc":
             kept, report.answer_balance = balance_answer_letters(kept, cfg.seed)
         if not kept:

@@ -35,6 +35,7 @@ import yaml
 
 from ..core.artifacts import atomic_write_text
 from ..core.config import SEQ2SEQ_STYLES, TRANSLATORS, Profile
+from ..core.decontam import BenchmarkIndex, ContaminationReport, split_contaminated
 from ..core.device import default_device
 from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.languages import TABLE
@@ -242,13 +243,18 @@ class PairResult:
     score: CCTSScore | None
     kept: bool
     reason: str
-    """``kept``, ``below_threshold``, ``meaning_changed``, ``wrong_target_language`` or ``translation_failed``."""
+    """``kept``, ``below_threshold``, ``meaning_changed``, ``wrong_target_language``, ``benchmark_overlap`` or
+    ``translation_failed``."""
     detail: str = ""
     """What the meaning guard found (``number: 24 -> 72``), or the score against the threshold."""
 
+    @property
+    def id(self) -> str:
+        return f"{self.source.id}|{self.target_lang}"
+
     def row(self) -> dict[str, Any]:
         return {
-            "id": f"{self.source.id}|{self.target_lang}",
+            "id": self.id,
             "kind": self.kind,
             "source_id": self.source.id,
             "target_lang": self.target_lang,
@@ -271,6 +277,8 @@ class ExpansionResult:
     kept: dict[str, list[Record]] = field(default_factory=dict)
     translated_now: int = 0
     recovered_lines: int = 0
+    contamination: ContaminationReport | None = None
+    """What the benchmark-overlap check removed from the translations that passed CCTS (None: not run)."""
 
     def rows(self) -> list[dict[str, Any]]:
         return [p.row() for p in self.pairs]
@@ -307,10 +315,15 @@ def run_expansion(
     scorer: CCTSScorer,
     datasets: dict[str, Sequence[Record]],
     progress: bool = True,
+    benchmarks: BenchmarkIndex | None = None,
 ) -> ExpansionResult:
     """Translate the source-language samples of each dataset kind into every other profile language and back,
     score each pair with CCTS and the meaning guard, and save the kept translations (``run.ift_translated``,
-    ``run.mc_translated``) and every score (``run.ccts_scores``) into the run."""
+    ``run.mc_translated``) and every score (``run.ccts_scores``) into the run.
+
+    ``benchmarks``: a pair that passed is rejected as ``benchmark_overlap`` when its translation or its
+    back-translation shares an n-gram with one of these evaluation items (notebook 02 passes
+    :func:`~mmed_helpers.steps.benchmarks.decontamination_index`)."""
     cc = cfg.ccts
     targets = [lang for lang in cfg.languages if lang != cc.source_language]
     sources = {
@@ -347,6 +360,8 @@ def run_expansion(
         translated_now=translated_now,
         recovered_lines=fwd_store.recovered + back_store.recovered,
     )
+    if benchmarks is not None:
+        result.contamination = _decontaminate([p for p in pairs if p.kept], benchmarks)
     _save_expansion(result, run)
     return result
 
@@ -422,6 +437,15 @@ def _score_pairs(pairs: list[PairResult], scorer: CCTSScorer, cc) -> None:
         else:
             pr.reason, pr.detail = reason, detail
         pr.kept = pr.reason == "kept"
+
+
+def _decontaminate(pairs: list[PairResult], index: BenchmarkIndex) -> ContaminationReport:
+    """Reject kept pairs whose translation or back-translation shares an n-gram with a benchmark item."""
+    report = ContaminationReport(n=index.n)
+    _, dirty = split_contaminated(pairs, lambda p: [*p.translated.values(), *p.back.values()], index, report)
+    for pair, found in dirty:
+        pair.kept, pair.reason, pair.detail = False, "benchmark_overlap", ", ".join(found)
+    return report
 
 
 def _save_expansion(result: ExpansionResult, run: RunLayout) -> None:
