@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/manifest_hashing.py
 	$(BIN)/python benchmarks/decontamination.py
+	$(BIN)/python benchmarks/ingest.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks

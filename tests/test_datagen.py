@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from mmed_helpers.core.config import load_profile
-from mmed_helpers.core.corpus import load_corpus
+from mmed_helpers.core.corpus import load_corpus, select_passages
 from mmed_helpers.core.jobs import JsonlStore
 from mmed_helpers.core.languages import LANGUAGES, TABLE
 from mmed_helpers.core.layout import RunLayout
@@ -37,7 +37,6 @@ from mmed_helpers.steps.generate import (
     parse_mc,
     prompt_hashes,
     run_datagen,
-    select_passages,
     validate,
 )
 
@@ -479,3 +478,37 @@ def test_a_corpus_passage_that_copies_a_benchmark_question_yields_no_training_it
         kept = [it.source_id for it in result.items[kind] if it.origin == "generated"]
         assert sorted(kept) == sorted(p.id for p in clean)
     assert "benchmark_overlap" in {r["outcome"] for r in result.reports["ift"].rows() if r["total"]}
+
+
+def test_the_generation_estimate_counts_every_prompt_and_measures_on_the_runs_first_batches(tmp_path):
+    """The estimate's prompts and tokens follow from the passages and the real prompts; its speed is measured on
+    the run's first condense batch and first item batch, which go into the run's stores: the run then generates
+    only the rest, and the outputs are the same as without an estimate."""
+    from mmed_helpers.core.ingest import approximate_tokens
+    from mmed_helpers.steps.generate import condense_jobs, estimate_generation
+
+    cfg = load_profile("smoke", {"languages": ["en", "fr", "zh"], "datagen.batch_size": 3})
+    passages = select_passages(load_corpus(cfg.languages), 2)
+    backend = ExtractiveBackend(passages)
+    est = estimate_generation(cfg, RunLayout(tmp_path / "a"), backend, passages, approximate_tokens)
+    dg, n = cfg.datagen, len(passages)
+    rows = {r["step"]: r for r in est.rows}
+    assert [rows[k]["prompts"] for k in STEPS] == [n, n * dg.ift_per_passage, n * dg.mc_per_passage]
+    assert [rows[k]["pending"] for k in STEPS] == [n - 3, n * dg.ift_per_passage - 3, n * dg.mc_per_passage]
+    jobs = condense_jobs(passages)
+    assert rows["condense"]["input_tokens"] == sum(approximate_tokens(m["content"]) for j in jobs for m in j.payload)
+    assert all(r["output_tokens_max"] == dg.max_new_tokens * r["prompts"] for r in est.rows)
+    assert backend.calls == 6 and est.probes["condense"]["prompts"] == est.probes["items"]["prompts"] == 3
+    per_prompt = est.probes["condense"]["seconds"] / 3
+    assert rows["condense"]["seconds"] == pytest.approx((n - 3) * per_prompt)
+    assert est.seconds() == pytest.approx(sum(r["seconds"] for r in est.rows)) and "prompts to go" in est.summary()
+
+    result = run_datagen(cfg, RunLayout(tmp_path / "a"), backend, progress=False, passages=passages)
+    total = sum(rows[k]["prompts"] for k in STEPS)
+    assert result.generated_now == total - 6 and backend.calls == total
+    plain = run_datagen(cfg, RunLayout(tmp_path / "b"), ExtractiveBackend(passages), progress=False, passages=passages)
+    for kind in ("ift", "mc"):
+        assert [it.to_record() for it in result.items[kind]] == [it.to_record() for it in plain.items[kind]]
+    # all done: the estimate generates nothing and says so
+    again = estimate_generation(cfg, RunLayout(tmp_path / "a"), backend, passages, approximate_tokens)
+    assert backend.calls == total and again.seconds() == 0 and again.summary().startswith("nothing left")

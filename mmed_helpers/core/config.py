@@ -167,8 +167,40 @@ class TinyModelConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """Notebook 01's source text: the bundled passages (default), your own files, or a Hugging Face dataset."""
+
+    __pydantic_config__ = _STRICT
+
+    path: Str = ""
+    """A folder (read recursively), a file or a glob of ``.txt``, ``.md``, ``.jsonl``, ``.parquet`` and ``.pdf``
+    files. Empty, with ``dataset`` empty too: the bundled passages."""
+    dataset: Str = ""
+    """A Hugging Face dataset id, or a local folder laid out as the Hub serves one; streamed."""
+    config: Str = ""
+    """The dataset's configuration (subset) name, if it has several."""
+    split: Name = "train"
+    text_column: Name = "text"
+    """``.jsonl`` / ``.parquet`` / dataset rows: the column holding the text."""
+    language_column: Str = ""
+    """Rows: a column holding each document's language code (empty: every passage's language is detected)."""
+    id_column: Str = ""
+    """Rows: a column holding a stable document id (empty: file and row number)."""
+    title_column: Str = ""
+    max_passage_tokens: Positive = 1024
+    """Passages are cut on paragraph boundaries to at most this many tokens of the generator's tokenizer, so
+    that the condense prompt fits its context."""
+    min_passage_tokens: Count = 32
+    """Shorter passages (a heading, a reference list's tail) are skipped."""
+    overlap_paragraphs: Count = 0
+    """Paragraphs repeated at the start of the next passage of the same document (0: none)."""
+    near_duplicate_threshold: Unit = 0.8
+    """Estimated Jaccard similarity (character 5-grams) above which a passage duplicates an earlier one."""
+
+
+@dataclass
 class DataGenConfig:
-    """Notebook 01: condense -> question generation on the bundled corpus."""
+    """Notebook 01: condense -> question generation on the bundled corpus or your own."""
 
     __pydantic_config__ = _STRICT
 
@@ -179,8 +211,9 @@ class DataGenConfig:
     endpoint_url: Str = ""
     api_key_env: Name = "OPENAI_API_KEY"
     """Name of the environment variable holding the endpoint's API key (never the key itself)."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     passages_per_language: Count = 0
-    """0 = every bundled passage."""
+    """Per-language quota: the first passages of the bundled corpus; a seeded sample of your own (0 = all)."""
     ift_per_passage: Count = 3
     mc_per_passage: Count = 2
     max_new_tokens: Positive = 512
@@ -491,6 +524,10 @@ def _cross_field_problem(p: Profile) -> tuple[str, str] | None:
         stage = getattr(p, name)
         if stage.method == "qlora" and not stage.load_in_4bit:
             return f"{name}.method", f"is 'qlora' (LoRA on a 4-bit base), which needs {name}.load_in_4bit: true"
+    if p.datagen.corpus.path and p.datagen.corpus.dataset:
+        return "datagen.corpus.path", "and datagen.corpus.dataset are both set: choose files or a dataset"
+    if p.datagen.corpus.min_passage_tokens > p.datagen.corpus.max_passage_tokens:
+        return "datagen.corpus.min_passage_tokens", "is above datagen.corpus.max_passage_tokens"
     if p.datagen.max_chars < p.datagen.min_chars:
         return "datagen.max_chars", f"is {p.datagen.max_chars}, below datagen.min_chars {p.datagen.min_chars}"
     if p.datagen.backend == "openai" and not p.datagen.endpoint_url:

@@ -12,7 +12,7 @@ Each language is one JSON Lines file ``mmed_helpers/data/corpus/<lang>.jsonl``; 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ class Passage:
     specialty: str
     title: str
     text: str
+    source: str = ""
+    """Where it came from, for your own corpus: a file (``notes/a.md``), a row (``pubmed.jsonl@12``)."""
 
     @property
     def paragraphs(self) -> list[str]:
@@ -71,6 +73,19 @@ def load_corpus(languages: Iterable[str] | None = None, corpus_dir: Path | str =
             seen.add(rec["id"])
             passages.append(Passage(**{f: rec[f] for f in _FIELDS}))
     return passages
+
+
+def select_passages(passages: Sequence[Passage], per_language: int) -> list[Passage]:
+    """The first ``per_language`` passages of each language (0 = all), in corpus order."""
+    if per_language <= 0:
+        return list(passages)
+    seen: Counter = Counter()
+    out = []
+    for p in passages:
+        if seen[p.lang] < per_language:
+            seen[p.lang] += 1
+            out.append(p)
+    return out
 
 
 def corpus_summary(passages: Iterable[Passage]) -> dict[str, dict[str, int]]:

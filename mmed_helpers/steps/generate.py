@@ -33,8 +33,9 @@ from typing import Any
 import yaml
 
 from ..core.config import DataGenConfig, Profile
-from ..core.corpus import Passage, load_corpus
+from ..core.corpus import Passage
 from ..core.decontam import BenchmarkIndex, ContaminationReport, split_contaminated
+from ..core.ingest import load_passages
 from ..core.jobs import Job, JsonlStore, claim_stores, run_jobs
 from ..core.jsonl import read_jsonl
 from ..core.layout import PROMPTS_DIR, SEEDS_DIR, RunLayout
@@ -116,6 +117,11 @@ def load_prompt(step: str, lang: str, prompts_dir: Path | str = PROMPTS_DIR) -> 
 # --------------------------------------------------------------------------- generation
 
 
+def job_id(passage_id: str, step: str, index: int) -> str:
+    """The stable id of a generation job (and of its output in the store): ``<passage>:<step>:<index>``."""
+    return f"{passage_id}:{step}:{index}"
+
+
 def prompt_job(jid: str, passage: Passage, step: str, index: int, text: str, prompts: dict) -> Job:
     """A chat job for ``step`` on ``passage``; ``text`` fills the prompt's placeholder."""
     key = (step, passage.lang)
@@ -140,14 +146,14 @@ def chat_worker(backend: Backend, params: GenerationParams) -> Callable[[list[Jo
 
 def condense_jobs(passages: Sequence[Passage]) -> list[Job]:
     prompts: dict = {}
-    return [prompt_job(f"{p.id}:condense:0", p, "condense", 0, p.text, prompts) for p in passages]
+    return [prompt_job(job_id(p.id, "condense", 0), p, "condense", 0, p.text, prompts) for p in passages]
 
 
 def item_jobs(kind: str, passages: Sequence[Passage], condensed: dict[str, str], per_passage: int) -> list[Job]:
     """Jobs for ``kind`` (``ift`` / ``mc``): ``per_passage`` per passage that has condensed text."""
     prompts: dict = {}
     return [
-        prompt_job(f"{p.id}:{kind}:{k}", p, kind, k, condensed[p.id], prompts)
+        prompt_job(job_id(p.id, kind, k), p, kind, k, condensed[p.id], prompts)
         for p in passages
         if condensed.get(p.id)
         for k in range(per_passage)
@@ -161,19 +167,6 @@ def condensed_texts(store: JsonlStore) -> dict[str, str]:
         for r in store.records.values()
         if r["step"] == "condense" and not r.get("error") and r["output"].strip()
     }
-
-
-def select_passages(passages: Sequence[Passage], per_language: int) -> list[Passage]:
-    """The first ``per_language`` passages of each language (0 = all), in corpus order."""
-    if per_language <= 0:
-        return list(passages)
-    seen: Counter = Counter()
-    out = []
-    for p in passages:
-        if seen[p.lang] < per_language:
-            seen[p.lang] += 1
-            out.append(p)
-    return out
 
 
 def _stable_int(text: str) -> int:
@@ -401,7 +394,7 @@ def filter_items(
     """
     report = FilterReport(kind)
     for p in condensed_missing:
-        report.reject("no_condensed_text", p.lang, f"{p.id}:condense:0", "")
+        report.reject("no_condensed_text", p.lang, job_id(p.id, "condense", 0), "")
     candidates = _valid_seeds(kind, seeds, cfg, report)
     report.seeds = len(candidates)
     generated, outputs = _valid_generated(kind, raw, passages, cfg, report)
@@ -565,6 +558,17 @@ class DatagenResult:
     backend: dict[str, object]
 
 
+def open_stores(cfg: Profile, run: RunLayout, backend: Backend) -> dict[str, JsonlStore]:
+    """The run's generation stores, one per step, once they are known to hold outputs of this generation (or
+    nothing yet); else :class:`~mmed_helpers.core.jobs.StoreMismatch`, naming the fix."""
+    claim_stores(
+        run.store_identity("generation_raw"),
+        generation_identity(cfg, backend),
+        fix="restore those settings to resume, or delete that folder to generate again",
+    )
+    return {step: JsonlStore(run.generation_store(step)) for step in STEPS}
+
+
 def run_datagen(
     cfg: Profile,
     run: RunLayout,
@@ -581,14 +585,9 @@ def run_datagen(
     """
     dg = cfg.datagen
     if passages is None:
-        passages = select_passages(load_corpus(cfg.languages), dg.passages_per_language)
+        passages, _ = load_passages(cfg, progress=progress)
     passages = list(passages)
-    claim_stores(
-        run.store_identity("generation_raw"),
-        generation_identity(cfg, backend),
-        fix="restore those settings to resume, or delete that folder to generate again",
-    )
-    stores = {step: JsonlStore(run.generation_store(step)) for step in STEPS}
+    stores = open_stores(cfg, run, backend)
     recovered = sum(s.recovered for s in stores.values())
     jobs, generated = _generate_all(cfg, passages, backend, stores, progress)
     condensed = condensed_texts(stores["condense"])
@@ -609,6 +608,133 @@ def run_datagen(
     for kind, path in (("ift", run.ift), ("mc", run.mc)):  # both sets or neither: never one without the other
         save_dataset(to_dataset(items[kind], kind), path)
     return DatagenResult(run.step_dir("generate"), items, reports, generated, recovered, backend.describe())
+
+
+@dataclass
+class GenerationEstimate:
+    """What notebook 01 is about to ask of its generator, and how long that should take on it.
+
+    The speed is measured on the run's own first batches: one batch of condense prompts and one of item prompts
+    (on the texts that batch condensed), generated with the run's settings and kept in its stores, so the
+    measurement costs nothing. Each step's expected time is its pending prompts times the seconds per prompt
+    of its batch (MC prompts as the item batch); expected output tokens take every reply to be as long as the
+    measured ones of its kind, and ``output_tokens_max`` every reply ``max_new_tokens`` long."""
+
+    rows: list[dict[str, Any]]
+    """Per step: ``prompts``, ``pending`` (not yet in the store), ``input_tokens``, ``output_tokens``,
+    ``output_tokens_max``, ``seconds`` (expected, for the pending prompts)."""
+    probes: dict[str, dict[str, float]]
+    """Per measured batch (``condense``, ``items``): ``prompts``, ``seconds``, ``output_tokens``."""
+
+    def seconds(self) -> float:
+        """Expected wall time of what is still pending (the measured batches are done already)."""
+        return sum(r["seconds"] for r in self.rows)
+
+    def summary(self) -> str:
+        pending = sum(r["pending"] for r in self.rows)
+        if not pending:
+            return "nothing left to generate: every output is in the run's stores"
+        measured = "; ".join(
+            f"{k} {p['prompts']:.0f} prompts in {p['seconds']:.1f} s ({p['output_tokens'] / p['seconds']:.0f} "
+            "output tokens/s)"
+            for k, p in self.probes.items()
+            if p["seconds"] > 0
+        )
+        return f"{pending} prompts to go; expected {_duration(self.seconds())} (measured: {measured or 'nothing'})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "probes": self.probes, "expected_s": self.seconds()}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def estimate_generation(
+    cfg: Profile,
+    run: RunLayout,
+    backend: Backend,
+    passages: Sequence[Passage],
+    count: Callable[[str], int],
+) -> GenerationEstimate:
+    """Prompts, input and output tokens per step for ``passages``, and the time what is pending should take on
+    ``backend``, from the run's first pending condense batch and item batch, generated now into the run's stores
+    (``run_datagen`` then goes on from there). ``count`` counts tokens as the generator does
+    (:func:`~mmed_helpers.core.ingest.token_counter`).
+
+    Item prompts hold the condensed text: where it is not written yet it is taken to be as long as the measured
+    condense replies."""
+    import time
+
+    dg = cfg.datagen
+    stores = open_stores(cfg, run, backend)
+    worker = chat_worker(backend, GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed))
+
+    def probe(step: str, jobs: list[Job]) -> dict[str, float]:
+        batch = [j for j in jobs if not stores[step].done(j.id)][: dg.batch_size]
+        started = time.perf_counter()
+        run_jobs(batch, worker, stores[step], dg.batch_size)
+        seconds = time.perf_counter() - started
+        out = sum(count(stores[step].records[j.id]["output"]) for j in batch)
+        return {"prompts": len(batch), "seconds": seconds, "output_tokens": out}
+
+    def prompt_tokens(job: Job) -> int:
+        return sum(count(m["content"]) for m in job.payload)
+
+    condense = condense_jobs(passages)
+    probes = {"condense": probe("condense", condense)}
+    condensed = condensed_texts(stores["condense"])
+    first_items = item_jobs("ift", passages, condensed, dg.ift_per_passage)
+    probes["items"] = (
+        probe("ift", first_items)
+        if dg.ift_per_passage
+        else probe("mc", item_jobs("mc", passages, condensed, dg.mc_per_passage))
+    )
+
+    def mean(key: str, step_probe: dict[str, float], other: dict[str, float]) -> float:
+        p = step_probe if step_probe["prompts"] else other
+        return p[key] / p["prompts"] if p["prompts"] else 0.0
+
+    c_probe, i_probe = probes["condense"], probes["items"]
+    condensed_len = (
+        sum(count(t) for t in condensed.values()) / len(condensed)
+        if condensed
+        else mean("output_tokens", c_probe, c_probe)
+    )
+    rows = [
+        {
+            "step": "condense",
+            "prompts": len(condense),
+            "pending": sum(not stores["condense"].done(j.id) for j in condense),
+            "input_tokens": sum(prompt_tokens(j) for j in condense),
+            "output_tokens": round(mean("output_tokens", c_probe, i_probe) * len(condense)),
+            "output_tokens_max": dg.max_new_tokens * len(condense),
+            "seconds_per_prompt": mean("seconds", c_probe, i_probe),
+        }
+    ]
+    langs = Counter(p.lang for p in passages)
+    for kind, per in (("ift", dg.ift_per_passage), ("mc", dg.mc_per_passage)):
+        n = len(passages) * per
+        done = sum(stores[kind].done(job_id(p.id, kind, k)) for p in passages for k in range(per))
+        template = sum(
+            sum(count(m["content"]) for m in load_prompt(kind, lang).messages("")) * k for lang, k in langs.items()
+        )
+        rows.append(
+            {
+                "step": kind,
+                "prompts": n,
+                "pending": max(0, n - done),
+                "input_tokens": round(per * template + n * condensed_len),
+                "output_tokens": round(mean("output_tokens", i_probe, c_probe) * n),
+                "output_tokens_max": dg.max_new_tokens * n,
+                "seconds_per_prompt": mean("seconds", i_probe, c_probe),
+            }
+        )
+    for row in rows:
+        row["seconds"] = row["pending"] * row.pop("seconds_per_prompt")
+    return GenerationEstimate(rows, probes)
 
 
 def _generate_all(
