@@ -185,6 +185,9 @@ class RunLayout:
     )
     translation_raw = Artifact(_in("translate", "raw"), "translate", "dir", "raw translations (forward, backward)")
     ccts_scores = Artifact(_in("translate", "scores.jsonl"), "translate", "file", "CCTS score of every round trip")
+    publish = Artifact(
+        _in("translate", "publish"), "translate", "dir", "Hub upload folders: each dataset's card and Parquet file"
+    )
     # 03 stage 1
     stage1_train = Artifact(_in("stage1", _TRAIN), "stage1", "dir", "stage-1 training folder")
     stage1_adapter = Artifact(_in("stage1", _TRAIN, TrainDir.ADAPTER), "stage1", "adapter", "stage-1 DoRA adapter")
@@ -260,6 +263,13 @@ class RunLayout:
     def translation_store(self, direction: str) -> Path:
         """The resumable JSONL store of the ``forward`` or ``backward`` translations."""
         return self.translation_raw / f"{direction}.jsonl"
+
+    def publish_folder(self, kind: str) -> Path:
+        """The Hub upload folder of MMed-IFT (``ift``) or MMed-IFT-MC (``mc``), named like the dataset: its card
+        (``README.md``) and its rows (``data/``), written by :func:`~mmed_helpers.core.card.prepare_upload`."""
+        if kind not in ("ift", "mc"):
+            raise LayoutError(f"unknown dataset kind {kind!r}; the kinds are ['ift', 'mc']")
+        return self.publish / Path(self._artifact(kind).rel).name
 
     def eval_model_results(self, model: str) -> Path:
         """Model ``model``'s scored answers and their identity (reused by a rerun that would score the same)."""
