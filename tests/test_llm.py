@@ -206,3 +206,33 @@ def test_missing_url_or_model_is_refused():
         OpenAIBackend("", "m")
     with pytest.raises(EndpointError, match="no model name"):
         OpenAIBackend("http://127.0.0.1:1/v1", "")
+
+
+def test_the_official_client_is_the_only_http_client_of_the_backends():
+    """The endpoint backend speaks HTTP only through the ``openai`` package: no module of the standard library
+    or another client is imported by ``core/llm.py``."""
+    import ast
+    from pathlib import Path
+
+    import mmed_helpers.core.llm as llm
+
+    tree = ast.parse(Path(llm.__file__).read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "openai" in imported
+    assert not imported & {"urllib", "http", "requests", "httpx", "httpx2", "aiohttp", "urllib3", "socket"}
+
+
+def test_the_backend_works_from_inside_a_running_event_loop(server, local, monkeypatch):
+    """A notebook cell runs inside the kernel's event loop, where ``asyncio.run`` is refused: the async client
+    must still answer there."""
+    import asyncio
+
+    monkeypatch.setenv("COURSE_TEST_KEY", "s3cret-key")
+    client = OpenAIBackend(server.base_url, "tiny", api_key_env="COURSE_TEST_KEY", concurrency=2)
+
+    async def cell():
+        return client.generate(CONVS[:2], GREEDY)
+
+    out = asyncio.run(cell())
+    assert [c.text for c in out] == [c.text for c in local.generate(CONVS[:2], GREEDY)]

@@ -3,7 +3,8 @@
 * :class:`LocalBackend` - a local ``transformers`` causal LM, batched (left padding, the tokenizer's chat
   template, configurable sampling);
 * :class:`OpenAIBackend` - any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, llama.cpp server,
-  TGI): bounded concurrency, timeouts, retries with backoff on 429/5xx, a clear error on 401/403/404.
+  TGI) through the official ``openai`` client: bounded concurrency, timeouts, retries with backoff on 429/5xx,
+  a clear error on 401/403/404.
 
 Both take conversations (lists of ``{"role", "content"}`` messages) and return one :class:`Completion` per
 conversation, in order. A per-item failure (a malformed response, retries exhausted) comes back as a
@@ -17,12 +18,8 @@ request (bad key, wrong URL or model, server down) raises :class:`EndpointError`
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,14 +142,19 @@ class LocalBackend:
 
 
 class OpenAIBackend:
-    """Chat completions from any OpenAI-compatible server. The API key is read from ``api_key_env``.
+    """Chat completions from any OpenAI-compatible server, through the official ``openai`` client (async, at
+    most ``concurrency`` requests in flight). The API key is read from ``api_key_env``.
 
     ``base_url`` is the API root, e.g. ``http://localhost:8000/v1`` (vLLM) or ``http://localhost:11434/v1``
-    (Ollama). The key never appears in errors, logs or :meth:`describe`.
+    (Ollama). The key never appears in errors, logs or :meth:`describe`. Retries are the course's own (the
+    client's are off): 408/409/429/5xx and lost connections are retried with exponential backoff, or after the
+    server's ``Retry-After``; a request that still fails is a counted :class:`Completion` error.
     """
 
     name = "openai"
     RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+    NO_KEY = "no-key"
+    """What the client sends when ``api_key_env`` names no set variable (servers without keys ignore it)."""
 
     def __init__(
         self,
@@ -189,57 +191,85 @@ class OpenAIBackend:
 
     def generate(self, conversations: list[Messages], params: GenerationParams) -> list[Completion]:
         seeds = [None if params.seed is None else params.seed + i for i in range(len(conversations))]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(
-                pool.map(lambda cs: self.complete(cs[0], params, cs[1]), zip(conversations, seeds, strict=True))
-            )
+        return _run_async(self._generate_all(conversations, params, seeds))
 
     def complete(self, messages: Messages, params: GenerationParams, seed: int | None = None) -> Completion:
         """One chat completion, with retries. Raises :class:`EndpointError` only for failures that every
         request would hit; returns a ``Completion`` with ``error`` for a failure of this request alone."""
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-        }
-        if seed is not None:
-            body["seed"] = seed
-        url = f"{self.base_url}/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        return _run_async(self._generate_all([messages], params, [seed]))[0]
+
+    def _client(self):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            api_key=self._api_key or self.NO_KEY, base_url=self.base_url, timeout=self.timeout, max_retries=0
+        )
+
+    async def _generate_all(
+        self, conversations: list[Messages], params: GenerationParams, seeds: list[int | None]
+    ) -> list[Completion]:
+        import asyncio
+
+        gate = asyncio.Semaphore(self.concurrency)
+        client = self._client()
+
+        async def one(messages: Messages, seed: int | None) -> Completion:
+            async with gate:
+                return await self._complete(client, messages, params, seed)
+
+        try:
+            results = await asyncio.gather(
+                *(one(m, s) for m, s in zip(conversations, seeds, strict=True)), return_exceptions=True
+            )
+        finally:
+            await client.close()
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:  # every request hit it (bad key, wrong URL, server down): one clear error
+            raise failed
+        return list(results)
+
+    async def _complete(self, client, messages: Messages, params: GenerationParams, seed: int | None) -> Completion:
+        import asyncio
+
+        import openai
+
+        extra = {"seed": seed} if seed is not None else {}
         last, retry_after = "", None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt, retry_after))
-            req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+                await asyncio.sleep(self._delay(attempt, retry_after))
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = resp.read()
-            except urllib.error.HTTPError as exc:
-                detail = _error_detail(exc)
-                if exc.code in (401, 403):
+                response = await client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    max_tokens=params.max_new_tokens,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    **extra,
+                )
+            except openai.APIStatusError as exc:
+                code, detail = exc.status_code, _error_detail(exc)
+                if code in (401, 403):
                     raise EndpointError(
-                        f"endpoint {self.base_url} refused the request (HTTP {exc.code}{detail}): "
+                        f"endpoint {self.base_url} refused the request (HTTP {code}{detail}): "
                         f"check the API key in ${self.api_key_env}"
                     ) from None
-                if exc.code == 404:
+                if code == 404:
                     raise EndpointError(
-                        f"endpoint {url} or model {self.model!r} not found (HTTP 404{detail}): the base URL "
-                        "usually ends in /v1; check the model name the server serves"
+                        f"endpoint {self.base_url}/chat/completions or model {self.model!r} not found (HTTP 404"
+                        f"{detail}): the base URL usually ends in /v1; check the model name the server serves"
                     ) from None
-                if exc.code in self.RETRY_STATUS:
-                    last = f"HTTP {exc.code}{detail}"
-                    retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                if code in self.RETRY_STATUS:
+                    last, retry_after = f"HTTP {code}{detail}", exc.response.headers.get("retry-after")
                     continue
-                return Completion("", error=f"HTTP {exc.code}{detail}")
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last, retry_after = f"{type(exc).__name__}: {reason}", None
+                return Completion("", error=f"HTTP {code}{detail}")
+            except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError)
+                cause = exc.__cause__ or exc
+                last, retry_after = f"{type(exc).__name__}: {cause}", None
                 continue
-            return _parse_completion(payload)
+            except openai.APIResponseValidationError as exc:
+                return Completion("", error=f"malformed response ({type(exc).__name__}: {exc})")
+            return _completion(response)
         if last.startswith("HTTP"):
             return Completion("", error=f"gave up after {self.max_retries + 1} attempts: {last}")
         raise EndpointError(
@@ -257,25 +287,38 @@ class OpenAIBackend:
         return self.backoff * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _run_async(coro):
+    """Run ``coro`` to its end from synchronous code, in a thread of its own: a notebook's kernel already runs
+    an event loop in the main thread, where ``asyncio.run`` is refused."""
+    import asyncio
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _error_detail(exc) -> str:
     try:
-        text = exc.read().decode("utf-8", "replace").strip()
+        text = exc.response.text.strip()
     except Exception:  # the body is a courtesy; never let it mask the status
         text = ""
     return f": {text[:200]}" if text else ""
 
 
-def _parse_completion(payload: bytes) -> Completion:
+def _completion(response) -> Completion:
+    """The client's parsed reply as a :class:`Completion`; a reply without a message's text is a counted
+    ``malformed response``."""
     try:
-        data = json.loads(payload)
-        content = data["choices"][0]["message"]["content"]
+        content = response.choices[0].message.content
         if not isinstance(content, str):
             raise TypeError("content is not a string")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        snippet = payload[:120].decode("utf-8", "replace")
+    except (IndexError, AttributeError, TypeError) as exc:
+        try:
+            snippet = response.model_dump_json()[:120]
+        except Exception:
+            snippet = repr(response)[:120]
         return Completion("", error=f"malformed response ({type(exc).__name__}: {exc}): {snippet!r}")
-    tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-    return Completion(content.strip(), completion_tokens=tokens)
+    usage = getattr(response, "usage", None)
+    return Completion(content.strip(), completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
 
 
 def make_backend(datagen_cfg, base_model_path: str | Path) -> Backend:
