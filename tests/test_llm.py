@@ -236,3 +236,133 @@ def test_the_backend_works_from_inside_a_running_event_loop(server, local, monke
 
     out = asyncio.run(cell())
     assert [c.text for c in out] == [c.text for c in local.generate(CONVS[:2], GREEDY)]
+
+
+# --------------------------------------------------------------------------- several endpoints
+
+
+@pytest.fixture(scope="module")
+def local2(tiny_dir):
+    """A second copy of the tiny model, for a second server (one model object is not shared across threads)."""
+    return LocalBackend(tiny_dir, batch_size=4)
+
+
+class CountingHandler(SlowHandler):
+    """The real handler, slowed (so that requests overlap) and counted per server class."""
+
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+
+
+class DyingHandler(ChatHandler):
+    """Serves ``serve`` requests, then dies at the next one: the connection is dropped without a reply and the
+    server stops listening (a crashed or killed server)."""
+
+    lock = threading.Lock()
+    seen = 0
+    serve = 3
+
+    def do_POST(self):  # noqa: N802
+        cls = type(self)
+        with cls.lock:
+            cls.seen += 1
+            n = cls.seen
+        if n <= cls.serve:
+            return super().do_POST()
+        self.close_connection = True
+        httpd = self.server
+        threading.Thread(target=lambda: (httpd.shutdown(), httpd.server_close()), daemon=True).start()
+
+
+def test_requests_are_spread_over_servers_by_fewest_in_flight(local, local2):
+    handlers = [type(f"C{i}", (CountingHandler,), {"lock": threading.Lock(), "active": 0, "peak": 0}) for i in (1, 2)]
+    with (
+        ChatServer(local, model_name="tiny", handler=handlers[0]) as a,
+        ChatServer(local2, model_name="tiny", handler=handlers[1]) as b,
+    ):
+        client = OpenAIBackend([a.base_url, b.base_url], "tiny", api_key_env="", concurrency=4)
+        out = client.generate(CONVS * 2, GREEDY)
+    assert [c.text for c in out] == [c.text for c in local.generate(CONVS * 2, GREEDY)]
+    served = list(client.served.values())
+    assert sum(served) == 10 and min(served) >= 3, client.served  # both took a share
+    assert all(h.peak >= 2 for h in handlers)  # each had requests in flight at once
+    assert client.describe()["base_url"] == [a.base_url, b.base_url]
+
+
+def test_a_server_that_dies_mid_run_loses_nothing_and_the_other_finishes(local, local2):
+    dying = type("D", (DyingHandler,), {"lock": threading.Lock(), "seen": 0, "serve": 2})
+    a = ChatServer(local, model_name="tiny", handler=dying).start()
+    try:
+        with ChatServer(local2, model_name="tiny") as b:
+            client = OpenAIBackend([a.base_url, b.base_url], "tiny", api_key_env="", concurrency=2, backoff=0.01)
+            out = client.generate(CONVS * 3, GREEDY)
+    finally:
+        a.httpd.server_close()
+    assert all(c.error is None for c in out), [c.error for c in out]
+    assert [c.text for c in out] == [c.text for c in local.generate(CONVS * 3, GREEDY)]
+    assert client.served[a.base_url] == 2 and client.served[b.base_url] == 13
+
+
+def test_all_servers_down_is_one_clear_error_naming_them():
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    urls = [f"http://127.0.0.1:{p}/v1" for p in ports]
+    client = OpenAIBackend(urls, "tiny", api_key_env="", max_retries=2, backoff=0.01, cooldown=0.05)
+    with pytest.raises(
+        EndpointError, match=rf"endpoints .*:{ports[0]}/v1, .*:{ports[1]}/v1 are unreachable after 3 attempts"
+    ):
+        client.generate(CONVS[:2], GREEDY)
+
+
+def test_notebook_01s_generation_across_two_servers_survives_one_dying(local, local2, tmp_path):
+    """The whole generation step on two endpoints (``datagen.endpoint_url`` a list), one killed after a few
+    requests: every job's output is stored exactly once, without error, and the outputs are those of a run on
+    one server."""
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.core.corpus import load_corpus, select_passages
+    from mmed_helpers.core.jobs import JsonlStore
+    from mmed_helpers.core.layout import RunLayout
+    from mmed_helpers.core.llm import make_backend
+    from mmed_helpers.steps.generate import STEPS, run_datagen
+
+    settings = {
+        "languages": ["en", "fr"],
+        "datagen.backend": "openai",
+        "datagen.generator_model": "tiny",
+        "datagen.api_key_env": "NO_SUCH_KEY_VARIABLE",
+        "datagen.temperature": 0.0,
+        "datagen.max_new_tokens": 12,
+        "datagen.batch_size": 3,
+    }
+    passages = select_passages(load_corpus(["en", "fr"]), 2)
+
+    def stores(root):
+        run = RunLayout(root)
+        return {step: JsonlStore(run.generation_store(step)).records for step in STEPS}, run
+
+    dying = type("D", (DyingHandler,), {"lock": threading.Lock(), "seen": 0, "serve": 4})
+    a = ChatServer(local, model_name="tiny", handler=dying).start()
+    try:
+        with ChatServer(local2, model_name="tiny") as b:
+            cfg = load_profile("smoke", {**settings, "datagen.endpoint_url": [a.base_url, b.base_url]})
+            backend = make_backend(cfg.datagen, "")
+            run_datagen(cfg, RunLayout(tmp_path / "two"), backend, progress=False, passages=passages)
+    finally:
+        a.httpd.server_close()
+    assert backend.served[a.base_url] == 4 and backend.served[b.base_url] > 4
+    with ChatServer(local, model_name="tiny") as one:
+        cfg1 = load_profile("smoke", {**settings, "datagen.endpoint_url": one.base_url})
+        run_datagen(
+            cfg1, RunLayout(tmp_path / "one"), make_backend(cfg1.datagen, ""), progress=False, passages=passages
+        )
+    two, run = stores(tmp_path / "two")
+    ref, _ = stores(tmp_path / "one")
+    for step in STEPS:
+        lines = run.generation_store(step).read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(two[step]) > 0  # one line per job: nothing asked twice
+        assert all(not r["error"] for r in two[step].values())
+        assert {k: r["output"] for k, r in two[step].items()} == {k: r["output"] for k, r in ref[step].items()}

@@ -121,6 +121,17 @@ T = typing.TypeVar("T")
 UniqueList = Annotated[list[T], MinLen(1), AfterValidator(_unique)]
 """At least one value, none twice."""
 Languages = UniqueList[Language]
+
+
+def _url_list(value: Any) -> Any:
+    """One URL (text) is a list of one; empty text is none."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return value
+
+
+EndpointURLs = Annotated[list[Name], BeforeValidator(_url_list), AfterValidator(_unique)]
+"""Endpoint URLs: one as text, several as a list (none twice)."""
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -208,7 +219,10 @@ class DataGenConfig:
     """``local`` (a transformers model, the base model by default) or ``openai`` (any compatible endpoint)."""
     generator_model: Str = ""
     """Empty: use the base model. Otherwise a model id / directory (local) or the endpoint's model name."""
-    endpoint_url: Str = ""
+    endpoint_url: EndpointURLs = field(default_factory=list)
+    """The server's API root (``http://localhost:8000/v1``), or a list of them: requests go to the one with the
+    fewest in flight, and one that keeps failing is set aside for a while (the translator of notebook 02 uses
+    the same)."""
     api_key_env: Name = "OPENAI_API_KEY"
     """Name of the environment variable holding the endpoint's API key (never the key itself)."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import DATAGEN_BACKENDS
 from .device import default_device, resolve_dtype
@@ -141,14 +143,32 @@ class LocalBackend:
 # --------------------------------------------------------------------------- OpenAI-compatible endpoint
 
 
+@dataclass
+class _Endpoint:
+    """One server of an :class:`OpenAIBackend`, and what the client has seen of it."""
+
+    url: str
+    client: Any = None
+    outstanding: int = 0
+    """Requests in flight to it now."""
+    failures: int = 0
+    """Failures in a row (lost connections, 5xx); a success resets it."""
+    out_until: float = 0.0
+    """Set aside until this time (``time.monotonic``) after ``fail_limit`` failures in a row."""
+    served: int = 0
+
+
 class OpenAIBackend:
-    """Chat completions from any OpenAI-compatible server, through the official ``openai`` client (async, at
-    most ``concurrency`` requests in flight). The API key is read from ``api_key_env``.
+    """Chat completions from one or several OpenAI-compatible servers, through the official ``openai`` client
+    (async, at most ``concurrency`` requests in flight). The API key is read from ``api_key_env``.
 
     ``base_url`` is the API root, e.g. ``http://localhost:8000/v1`` (vLLM) or ``http://localhost:11434/v1``
-    (Ollama). The key never appears in errors, logs or :meth:`describe`. Retries are the course's own (the
-    client's are off): 408/409/429/5xx and lost connections are retried with exponential backoff, or after the
-    server's ``Retry-After``; a request that still fails is a counted :class:`Completion` error.
+    (Ollama), or a list of them serving the same model: each request goes to the server with the fewest
+    requests in flight, and a server that fails ``fail_limit`` times in a row is set aside for ``cooldown``
+    seconds while the others take its work (a request that failed on it is retried on another at once). The
+    key never appears in errors, logs or :meth:`describe`. Retries are the course's own (the client's are
+    off): 408/409/429/5xx and lost connections are retried with exponential backoff, or after the server's
+    ``Retry-After``; a request that still fails is a counted :class:`Completion` error.
     """
 
     name = "openai"
@@ -158,19 +178,24 @@ class OpenAIBackend:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 4,
         timeout: float = 120.0,
         max_retries: int = 4,
         backoff: float = 1.0,
+        fail_limit: int = 3,
+        cooldown: float = 30.0,
     ):
-        if not base_url:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        urls = [u.rstrip("/") for u in urls if u and u.strip()]
+        if not urls:
             raise EndpointError("no endpoint URL: set datagen.endpoint_url, e.g. http://localhost:8000/v1")
         if not model:
             raise EndpointError("no model name for the endpoint: set datagen.generator_model")
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = list(dict.fromkeys(urls))
+        self.base_url = self.base_urls[0]
         self.model = model
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -178,11 +203,15 @@ class OpenAIBackend:
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
         self.backoff = backoff
+        self.fail_limit = max(1, int(fail_limit))
+        self.cooldown = cooldown
+        self.served: dict[str, int] = dict.fromkeys(self.base_urls, 0)
+        """Replies each server gave, over this backend's life."""
 
     def describe(self) -> dict[str, object]:
         return {
             "backend": self.name,
-            "base_url": self.base_url,
+            "base_url": self.base_url if len(self.base_urls) == 1 else list(self.base_urls),
             "model": self.model,
             "api_key_env": self.api_key_env,
             "api_key_set": bool(self._api_key),
@@ -198,48 +227,80 @@ class OpenAIBackend:
         request would hit; returns a ``Completion`` with ``error`` for a failure of this request alone."""
         return _run_async(self._generate_all([messages], params, [seed]))[0]
 
-    def _client(self):
-        from openai import AsyncOpenAI
-
-        return AsyncOpenAI(
-            api_key=self._api_key or self.NO_KEY, base_url=self.base_url, timeout=self.timeout, max_retries=0
-        )
-
     async def _generate_all(
         self, conversations: list[Messages], params: GenerationParams, seeds: list[int | None]
     ) -> list[Completion]:
         import asyncio
 
+        from openai import AsyncOpenAI
+
+        endpoints = [
+            _Endpoint(
+                url,
+                AsyncOpenAI(api_key=self._api_key or self.NO_KEY, base_url=url, timeout=self.timeout, max_retries=0),
+            )
+            for url in self.base_urls
+        ]
         gate = asyncio.Semaphore(self.concurrency)
-        client = self._client()
 
         async def one(messages: Messages, seed: int | None) -> Completion:
             async with gate:
-                return await self._complete(client, messages, params, seed)
+                return await self._complete(endpoints, messages, params, seed)
 
         try:
             results = await asyncio.gather(
                 *(one(m, s) for m, s in zip(conversations, seeds, strict=True)), return_exceptions=True
             )
         finally:
-            await client.close()
+            for ep in endpoints:
+                self.served[ep.url] += ep.served
+                await ep.client.close()
         failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:  # every request hit it (bad key, wrong URL, server down): one clear error
+        if failed is not None:  # every request hit it (bad key, wrong URL, servers down): one clear error
             raise failed
         return list(results)
 
-    async def _complete(self, client, messages: Messages, params: GenerationParams, seed: int | None) -> Completion:
+    async def _pick(self, endpoints: list[_Endpoint], avoid: _Endpoint | None = None) -> _Endpoint:
+        """The server with the fewest requests in flight among those not set aside (the first on a tie), other
+        than ``avoid`` (the one this request just failed on) where there is another; if all are set aside, wait
+        for the first to come back."""
+        import asyncio
+
+        now = time.monotonic()
+        ready = [ep for ep in endpoints if ep.out_until <= now]
+        if any(ep is not avoid for ep in ready):
+            ready = [ep for ep in ready if ep is not avoid]
+        if not ready:
+            back = min(endpoints, key=lambda ep: ep.out_until)
+            await asyncio.sleep(back.out_until - now)
+            ready = [back]
+        return min(ready, key=lambda ep: ep.outstanding)
+
+    def _failed(self, ep: _Endpoint, endpoints: list[_Endpoint]) -> bool:
+        """Count a failure of ``ep``; True if another server can take the retry at once (``ep`` set aside)."""
+        ep.failures += 1
+        if ep.failures >= self.fail_limit and len(endpoints) > 1:
+            ep.out_until = time.monotonic() + self.cooldown
+            ep.failures = 0
+        return len(endpoints) > 1 and any(e is not ep and e.out_until <= time.monotonic() for e in endpoints)
+
+    async def _complete(
+        self, endpoints: list[_Endpoint], messages: Messages, params: GenerationParams, seed: int | None
+    ) -> Completion:
         import asyncio
 
         import openai
 
         extra = {"seed": seed} if seed is not None else {}
-        last, retry_after = "", None
+        last, retry_after, wait, failed_on = "", None, False, None
         for attempt in range(self.max_retries + 1):
-            if attempt:
+            if wait:
                 await asyncio.sleep(self._delay(attempt, retry_after))
+            ep = await self._pick(endpoints, avoid=failed_on)
+            failed_on = ep
+            ep.outstanding += 1
             try:
-                response = await client.chat.completions.create(
+                response = await ep.client.chat.completions.create(
                     model=self.model,
                     messages=messages,
                     max_tokens=params.max_new_tokens,
@@ -251,29 +312,40 @@ class OpenAIBackend:
                 code, detail = exc.status_code, _error_detail(exc)
                 if code in (401, 403):
                     raise EndpointError(
-                        f"endpoint {self.base_url} refused the request (HTTP {code}{detail}): "
+                        f"endpoint {ep.url} refused the request (HTTP {code}{detail}): "
                         f"check the API key in ${self.api_key_env}"
                     ) from None
                 if code == 404:
                     raise EndpointError(
-                        f"endpoint {self.base_url}/chat/completions or model {self.model!r} not found (HTTP 404"
+                        f"endpoint {ep.url}/chat/completions or model {self.model!r} not found (HTTP 404"
                         f"{detail}): the base URL usually ends in /v1; check the model name the server serves"
                     ) from None
                 if code in self.RETRY_STATUS:
                     last, retry_after = f"HTTP {code}{detail}", exc.response.headers.get("retry-after")
+                    # a busy server (429) is not a broken one; a 5xx counts towards setting it aside
+                    wait = code in (408, 409, 429) or not self._failed(ep, endpoints)
                     continue
                 return Completion("", error=f"HTTP {code}{detail}")
             except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError)
                 cause = exc.__cause__ or exc
                 last, retry_after = f"{type(exc).__name__}: {cause}", None
+                wait = not self._failed(ep, endpoints)
                 continue
             except openai.APIResponseValidationError as exc:
                 return Completion("", error=f"malformed response ({type(exc).__name__}: {exc})")
+            finally:
+                ep.outstanding -= 1
+            ep.failures = 0
+            ep.served += 1
             return _completion(response)
         if last.startswith("HTTP"):
             return Completion("", error=f"gave up after {self.max_retries + 1} attempts: {last}")
+        if len(self.base_urls) == 1:
+            where = f"endpoint {self.base_url} is"
+        else:
+            where = f"endpoints {', '.join(self.base_urls)} are"
         raise EndpointError(
-            f"endpoint {self.base_url} is unreachable after {self.max_retries + 1} attempts ({last}); "
+            f"{where} unreachable after {self.max_retries + 1} attempts ({last}); "
             "is the server running and the URL right?"
         )
 
@@ -284,7 +356,7 @@ class OpenAIBackend:
                 return min(float(retry_after), 60.0)
             except ValueError:
                 pass
-        return self.backoff * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
+        return self.backoff * (2 ** (max(attempt, 1) - 1)) * (1 + 0.25 * random.random())
 
 
 def _run_async(coro):
