@@ -10,7 +10,9 @@ HTTP peer of :class:`~mmed_helpers.llm.OpenAIBackend`::
     ...     print(server.base_url)   # http://127.0.0.1:<port>/v1
 
 Routes: ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming). Requests are served one
-generation at a time (the model is not thread-safe). Binds to 127.0.0.1 unless told otherwise.
+generation at a time (the model is not thread-safe). Binds to 127.0.0.1 unless told otherwise. A
+``response_format`` asking for JSON is checked and refused with a 400 that says why (the server cannot
+constrain decoding), which is what a client that asks for structured output must expect of some servers.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._error(404, f"model {req.get('model')!r} not found", "not_found")
         if req.get("stream"):
             return self._error(400, "streaming is not supported", "invalid_request_error")
+        fmt = req.get("response_format")
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            if kind not in ("text", "json_object", "json_schema"):
+                return self._error(400, f"bad response_format {fmt!r}", "invalid_request_error")
+            if kind == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("schema"), dict):
+                return self._error(400, "response_format json_schema needs json_schema.schema", "invalid_request_error")
+            if kind != "text":
+                return self._error(
+                    400,
+                    f"response_format {kind!r} is not supported by this server: it cannot constrain decoding "
+                    "(vLLM can); ask without it",
+                    "invalid_request_error",
+                )
         params = GenerationParams(
             max_new_tokens=int(req.get("max_tokens") or 256),
             temperature=float(req.get("temperature", 0.7)),

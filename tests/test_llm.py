@@ -337,6 +337,7 @@ def test_notebook_01s_generation_across_two_servers_survives_one_dying(local, lo
         "datagen.temperature": 0.0,
         "datagen.max_new_tokens": 12,
         "datagen.batch_size": 3,
+        "datagen.structured_output": False,  # the course's server refuses it: every request here is served
     }
     passages = select_passages(load_corpus(["en", "fr"]), 2)
 
@@ -366,3 +367,117 @@ def test_notebook_01s_generation_across_two_servers_survives_one_dying(local, lo
         assert len(lines) == len(two[step]) > 0  # one line per job: nothing asked twice
         assert all(not r["error"] for r in two[step].values())
         assert {k: r["output"] for k, r in two[step].items()} == {k: r["output"] for k, r in ref[step].items()}
+
+
+# --------------------------------------------------------------------------- structured output
+
+
+def test_the_output_schemas_accept_every_prompts_worked_example_and_reject_planted_defects():
+    """The schema an endpoint is asked to follow is the format the prompts ask for: each language's worked
+    example validates (and parses), and an item with a fifth option, a missing rationale or a letter that is no
+    option does not."""
+    import jsonschema
+
+    from mmed_helpers.core.languages import LANGUAGES
+    from mmed_helpers.steps.generate import OUTPUT_SCHEMAS, load_prompt, parse_ift, parse_mc
+
+    for lang in LANGUAGES:
+        for kind, parse in (("ift", parse_ift), ("mc", parse_mc)):
+            for example in load_prompt(kind, lang).examples:
+                obj = json.loads(example["output"])
+                jsonschema.validate(obj, OUTPUT_SCHEMAS[kind])
+                assert parse(example["output"])
+    good = json.loads(load_prompt("mc", "en").examples[0]["output"])
+    planted = [
+        {**good, "options": {**good["options"], "E": "Another option"}},
+        {k: v for k, v in good.items() if k != "rationale"},
+        {**good, "answer": "E"},
+    ]
+    for bad in planted:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, OUTPUT_SCHEMAS["mc"])
+
+
+class GuidedHandler(ChatHandler):
+    """A server that honours ``response_format`` as vLLM's guided decoding does: the reply follows the schema
+    (its strings filled from the model's own text). It records the formats it was asked for."""
+
+    formats: list = []
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        req = json.loads(raw)
+        fmt = req.pop("response_format", None)
+        type(self).formats.append(fmt)
+        if fmt is None:
+            return self._replay(json.dumps(req).encode())
+        with self.server.lock:
+            text = self.server.backend.generate([req["messages"]], GenerationParams(8, 0.0))[0].text or "text"
+        schema = fmt["json_schema"]["schema"]
+
+        def fill(node):
+            if node.get("enum"):
+                return node["enum"][0]
+            if node["type"] == "object":
+                return {k: fill(v) for k, v in node["properties"].items()}
+            return f"{text} ({len(text)})"
+
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(fill(schema))}}]}
+        data = json.dumps({**body, "object": "chat.completion", "model": req["model"], "id": "x", "created": 0})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data.encode())))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def _replay(self, body: bytes):
+        import io
+
+        self.rfile = io.BytesIO(body)
+        self.headers.replace_header("Content-Length", str(len(body)))
+        return super().do_POST()
+
+
+def test_structured_output_is_asked_for_used_where_honoured_and_dropped_where_refused(local, tmp_path):
+    """Notebook 01's generation on an endpoint asks for the IFT and MC schemas. A server that honours them gives
+    replies that all parse; the course's own server refuses them with a 400, the client asks again without and
+    stops asking, and the report counts both ways. (What the filters make of the replies does not matter here:
+    the seeds keep each run from having nothing to save.)"""
+    from mmed_helpers.core.config import load_profile
+    from mmed_helpers.core.corpus import load_corpus, select_passages
+    from mmed_helpers.core.layout import RunLayout
+    from mmed_helpers.core.llm import make_backend
+    from mmed_helpers.steps.generate import OUTPUT_SCHEMAS, run_datagen
+
+    passages = select_passages(load_corpus(["en"]), 2)
+    settings = {
+        "languages": ["en"],
+        "datagen.backend": "openai",
+        "datagen.generator_model": "tiny",
+        "datagen.api_key_env": "NO_SUCH_KEY_VARIABLE",
+        "datagen.max_new_tokens": 8,
+    }
+    guided = type("G", (GuidedHandler,), {"formats": []})
+    with ChatServer(local, model_name="tiny", handler=guided) as srv:
+        cfg = load_profile("smoke", {**settings, "datagen.endpoint_url": srv.base_url})
+        backend = make_backend(cfg.datagen, "")
+        result = run_datagen(cfg, RunLayout(tmp_path / "guided"), backend, progress=False, passages=passages)
+    n = {k: len(passages) * getattr(cfg.datagen, f"{k}_per_passage") for k in ("ift", "mc")}
+    asked = [f["json_schema"]["schema"] for f in guided.formats if f]
+    assert None in guided.formats  # condensing asks for no schema
+    assert asked.count(OUTPUT_SCHEMAS["ift"]) == n["ift"] and asked.count(OUTPUT_SCHEMAS["mc"]) == n["mc"]
+    for kind in ("ift", "mc"):
+        counts = result.reports[kind].to_dict()["structured_output"]
+        assert counts == {"with_schema": n[kind], "parsed_with_schema": n[kind]}, counts
+    assert backend.structured_output is True
+
+    with ChatServer(local, model_name="tiny") as srv:  # the course's server: no guided decoding
+        cfg = load_profile("smoke", {**settings, "datagen.endpoint_url": srv.base_url})
+        backend = make_backend(cfg.datagen, "")
+        plain = run_datagen(cfg, RunLayout(tmp_path / "plain"), backend, progress=False, passages=passages)
+    assert backend.structured_output is False
+    for kind in ("ift", "mc"):
+        counts = plain.reports[kind].structured
+        assert counts["without_schema"] == n[kind] and counts["with_schema"] == 0
+        assert counts["parsed_without_schema"] == n[kind] - plain.reports[kind].rejected["unparseable"]

@@ -244,6 +244,9 @@ class DataGenConfig:
     """Estimated Jaccard similarity (character 5-grams) above which an item duplicates an earlier one."""
     include_seeds: Bool = True
     """Add the hand-written seed items (they go first and win duplicates)."""
+    structured_output: Bool = True
+    """Endpoint backends: ask for the IFT and MC replies as JSON following the course's schema
+    (``response_format``; vLLM's guided decoding), falling back to plain replies where the server refuses it."""
     decontamination_ngram: Count = 13
     """Remove items sharing a word n-gram of this length with an evaluation benchmark's item
     (lm-evaluation-harness's 13); 0 turns the check off."""

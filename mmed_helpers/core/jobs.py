@@ -124,7 +124,14 @@ def run_jobs(
         if len(outs) != len(batch):
             raise RuntimeError(f"worker returned {len(outs)} results for {len(batch)} jobs")
         store.append(
-            {"id": j.id, **j.meta, "output": o.text, "error": o.error} for j, o in zip(batch, outs, strict=True)
+            {
+                "id": j.id,
+                **j.meta,
+                "output": o.text,
+                "error": o.error,
+                **({"structured": o.structured} if getattr(o, "structured", None) is not None else {}),
+            }
+            for j, o in zip(batch, outs, strict=True)
         )
         if progress:
             progress(len(batch))

@@ -49,6 +49,9 @@ class GenerationParams:
     """0 = greedy decoding."""
     top_p: float = 0.9
     seed: int | None = None
+    json_schema: dict | None = None
+    """Ask for a reply that is JSON following this schema, where the backend can enforce it (an endpoint's
+    ``response_format``; vLLM's guided decoding). A local model ignores it."""
 
 
 @dataclass
@@ -57,6 +60,9 @@ class Completion:
     error: str | None = None
     """Set when this one request failed (the text is then empty)."""
     completion_tokens: int = 0
+    structured: bool | None = None
+    """None: no schema was asked for; True: the server took ``response_format``; False: it refused it and the
+    reply was asked for without."""
 
 
 class EndpointError(RuntimeError):
@@ -207,6 +213,8 @@ class OpenAIBackend:
         self.cooldown = cooldown
         self.served: dict[str, int] = dict.fromkeys(self.base_urls, 0)
         """Replies each server gave, over this backend's life."""
+        self.structured_output: bool | None = None
+        """Whether the servers take ``response_format`` with a JSON schema: None until a request asked."""
 
     def describe(self) -> dict[str, object]:
         return {
@@ -291,7 +299,8 @@ class OpenAIBackend:
 
         import openai
 
-        extra = {"seed": seed} if seed is not None else {}
+        extra: dict[str, Any] = {"seed": seed} if seed is not None else {}
+        structured = params.json_schema is not None and self.structured_output is not False
         last, retry_after, wait, failed_on = "", None, False, None
         for attempt in range(self.max_retries + 1):
             if wait:
@@ -299,6 +308,13 @@ class OpenAIBackend:
             ep = await self._pick(endpoints, avoid=failed_on)
             failed_on = ep
             ep.outstanding += 1
+            if structured:
+                extra["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "reply", "schema": params.json_schema, "strict": True},
+                }
+            else:
+                extra.pop("response_format", None)
             try:
                 response = await ep.client.chat.completions.create(
                     model=self.model,
@@ -310,6 +326,9 @@ class OpenAIBackend:
                 )
             except openai.APIStatusError as exc:
                 code, detail = exc.status_code, _error_detail(exc)
+                if structured and code in (400, 422):  # no structured output here: ask again without it
+                    self.structured_output, structured, wait, failed_on = False, False, False, None
+                    continue
                 if code in (401, 403):
                     raise EndpointError(
                         f"endpoint {ep.url} refused the request (HTTP {code}{detail}): "
@@ -337,7 +356,11 @@ class OpenAIBackend:
                 ep.outstanding -= 1
             ep.failures = 0
             ep.served += 1
-            return _completion(response)
+            if structured:
+                self.structured_output = True
+            reply = _completion(response)
+            reply.structured = structured if params.json_schema is not None else None
+            return reply
         if last.startswith("HTTP"):
             return Completion("", error=f"gave up after {self.max_retries + 1} attempts: {last}")
         if len(self.base_urls) == 1:

@@ -137,9 +137,7 @@ def chat_worker(backend: Backend, params: GenerationParams) -> Callable[[list[Jo
 
     def work(batch: list[Job]) -> list[Completion]:
         seed = None if params.seed is None else params.seed + _stable_int(batch[0].id)
-        return backend.generate(
-            [j.payload for j in batch], GenerationParams(params.max_new_tokens, params.temperature, params.top_p, seed)
-        )
+        return backend.generate([j.payload for j in batch], dataclasses.replace(params, seed=seed))
 
     return work
 
@@ -234,6 +232,46 @@ def parse_mc(text: str) -> dict[str, Any]:
     }
 
 
+OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ift": {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"],
+        "additionalProperties": False,
+    },
+    "mc": {
+        "type": "object",
+        "properties": {
+            "question": {"type": "string"},
+            "options": {
+                "type": "object",
+                "properties": {letter: {"type": "string"} for letter in LETTERS[:4]},
+                "required": list(LETTERS[:4]),
+                "additionalProperties": False,
+            },
+            "answer": {"type": "string", "enum": list(LETTERS[:4])},
+            "rationale": {"type": "string"},
+        },
+        "required": ["question", "options", "answer", "rationale"],
+        "additionalProperties": False,
+    },
+}
+"""The JSON the IFT and MC prompts ask for (one question; four options A-D and one letter), as the schema an
+endpoint is asked to follow (``datagen.structured_output``); :func:`parse_ift` and :func:`parse_mc` read it."""
+
+
+def step_params(cfg: Profile, backend: Backend, step: str) -> GenerationParams:
+    """The generation settings of ``step``: the profile's, with the step's JSON schema where an endpoint is
+    asked for structured output."""
+    dg = cfg.datagen
+    schema = OUTPUT_SCHEMAS.get(step) if _structured(cfg, backend) else None
+    return GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed, schema)
+
+
+def _structured(cfg: Profile, backend: Backend) -> bool:
+    return cfg.datagen.structured_output and backend.name == "openai"
+
+
 # --------------------------------------------------------------------------- validation and filtering
 
 
@@ -252,6 +290,9 @@ class FilterReport:
     """What the benchmark-overlap check removed (None: not run)."""
     answer_balance: dict[str, Any] = field(default_factory=dict)
     """MC only: what :func:`balance_answer_letters` did (items moved, left as written, letters of the answers)."""
+    structured: Counter = field(default_factory=Counter)
+    """Endpoint outputs asked for with the JSON schema: ``with_schema`` / ``without_schema`` (the server refused
+    it) and how many of each parsed (``parsed_with_schema``, ``parsed_without_schema``)."""
 
     def reject(self, reason: str, lang: str, rid: str, output: str) -> None:
         self.rejected[reason] += 1
@@ -284,6 +325,7 @@ class FilterReport:
             "examples": self.examples,
             **({"contamination": self.contamination.to_dict()} if self.contamination else {}),
             **({"answer_balance": self.answer_balance} if self.answer_balance else {}),
+            **({"structured_output": dict(self.structured)} if self.structured else {}),
         }
 
 
@@ -493,11 +535,16 @@ def _valid_generated(
         if rec.get("error"):
             report.reject("backend_error", lang, rid, rec["error"])
             continue
+        mode = {True: "with_schema", False: "without_schema"}.get(rec.get("structured"))
+        if mode:
+            report.structured[mode] += 1
         try:
             fields = parse(out)
         except ParseError:
             report.reject("unparseable", lang, rid, out)
             continue
+        if mode:
+            report.structured[f"parsed_{mode}"] += 1
         source = passages[rec["passage_id"]]
         if reason := validate(kind, fields, lang, source.text, cfg):
             report.reject(reason, lang, rid, out)
@@ -670,12 +717,11 @@ def estimate_generation(
 
     dg = cfg.datagen
     stores = open_stores(cfg, run, backend)
-    worker = chat_worker(backend, GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed))
 
     def probe(step: str, jobs: list[Job]) -> dict[str, float]:
         batch = [j for j in jobs if not stores[step].done(j.id)][: dg.batch_size]
         started = time.perf_counter()
-        run_jobs(batch, worker, stores[step], dg.batch_size)
+        run_jobs(batch, chat_worker(backend, step_params(cfg, backend, step)), stores[step], dg.batch_size)
         seconds = time.perf_counter() - started
         out = sum(count(stores[step].records[j.id]["output"]) for j in batch)
         return {"prompts": len(batch), "seconds": seconds, "output_tokens": out}
@@ -745,7 +791,6 @@ def _generate_all(
     from tqdm.auto import tqdm
 
     dg = cfg.datagen
-    worker = chat_worker(backend, GenerationParams(dg.max_new_tokens, dg.temperature, dg.top_p, cfg.seed))
     per_passage = {"ift": dg.ift_per_passage, "mc": dg.mc_per_passage}
     generated = 0
     jobs_by_step: dict[str, list[Job]] = {}
@@ -757,6 +802,7 @@ def _generate_all(
         jobs_by_step[step] = jobs
         with tqdm(total=len(jobs), desc=f"{step:8s}", unit="item", disable=not progress) as bar:
             bar.update(sum(stores[step].done(j.id) for j in jobs))
+            worker = chat_worker(backend, step_params(cfg, backend, step))
             generated += run_jobs(jobs, worker, stores[step], dg.batch_size, bar.update)
     return jobs_by_step, generated
 
@@ -772,6 +818,7 @@ def generation_identity(cfg: Profile, backend: Backend) -> dict[str, Any]:
         "generation": {"max_new_tokens": dg.max_new_tokens, "temperature": dg.temperature, "top_p": dg.top_p},
         "seed": cfg.seed,
         "prompts": prompt_hashes(cfg.languages),
+        **({"structured_output": OUTPUT_SCHEMAS} if _structured(cfg, backend) else {}),
     }
 
 
