@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
     serve.add_argument("--api-key-env", help="require the key held in this environment variable")
-    serve.add_argument("--batch-size", type=int, default=1)
+    serve.add_argument(
+        "--batch-size", type=int, default=1, help="concurrent requests generated together as one batch (default 1)"
+    )
     return parser
 
 
@@ -128,7 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     name = args.name or Path(args.model_dir).resolve().name
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    server = ChatServer(LocalBackend(args.model_dir, batch_size=args.batch_size), name, args.host, args.port, key)
+    backend = LocalBackend(args.model_dir, batch_size=args.batch_size)
+    server = ChatServer(backend, name, args.host, args.port, key, batch_size=args.batch_size)
     print(f"serving {args.model_dir} as {name!r} on {server.base_url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

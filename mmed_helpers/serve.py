@@ -9,8 +9,9 @@ HTTP peer of :class:`~mmed_helpers.llm.OpenAIBackend`::
     >>> with ChatServer(LocalBackend("/tmp/run/models/base"), model_name="tiny") as server:
     ...     print(server.base_url)   # http://127.0.0.1:<port>/v1
 
-Routes: ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming). Requests are served one
-generation at a time (the model is not thread-safe). Binds to 127.0.0.1 unless told otherwise. A
+Routes: ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming). Requests that arrive together
+are generated together, up to ``batch_size`` at a time (``--batch-size``), one batch at a time (the model is
+not thread-safe). Binds to 127.0.0.1 unless told otherwise. A
 ``response_format`` asking for JSON is checked and refused with a 400 that says why (the server cannot
 constrain decoding), which is what a client that asks for structured output must expect of some servers.
 """
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import queue
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .core.llm import Backend, GenerationParams
+from .core.llm import Backend, Completion, GenerationParams
 
 
 class ChatHandler(BaseHTTPRequestHandler):
@@ -99,8 +102,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             top_p=float(req.get("top_p", 1.0)),
             seed=req.get("seed"),
         )
-        with self.server.lock:
-            completion = self.server.backend.generate([messages], params)[0]
+        completion = self.server.batcher.submit(messages, params)
         if completion.error:
             return self._error(500, completion.error, "server_error")
         self._send(
@@ -122,12 +124,69 @@ class ChatHandler(BaseHTTPRequestHandler):
         )
 
 
+class _Batcher:
+    """Concurrent requests, generated together: a worker thread takes the first waiting request, gathers up
+    to ``batch_size`` that arrive within ``wait`` seconds, and runs each group of them that shares its
+    generation settings as one batch (greedy replies are those of one-at-a-time generation; sampled ones
+    depend on the batch, as on any batching server). ``sizes`` holds every batch's size."""
+
+    def __init__(self, backend: Backend, lock: threading.Lock, batch_size: int = 1, wait: float = 0.01):
+        self.backend, self.lock, self.batch_size, self.wait = backend, lock, max(1, batch_size), wait
+        self.queue: queue.Queue = queue.Queue()
+        self.sizes: list[int] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
+        done: Future = Future()
+        self.queue.put((messages, params, done))
+        return done.result()
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _gather(self, first) -> list:
+        batch = [first]
+        deadline = time.monotonic() + self.wait
+        while len(batch) < self.batch_size:
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while (first := self.queue.get()) is not None:
+            batch = self._gather(first)
+            self.sizes.append(len(batch))
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                p = item[1]
+                groups.setdefault((p.max_new_tokens, p.temperature, p.top_p), []).append(item)
+            for (max_new, temperature, top_p), items in groups.items():
+                params = GenerationParams(max_new, temperature, top_p, items[0][1].seed)
+                try:
+                    with self.lock:
+                        outs = self.backend.generate([m for m, _, _ in items], params)
+                except Exception as exc:  # the requests get the error, the server goes on
+                    for _, _, done in items:
+                        done.set_exception(exc)
+                    continue
+                for (_, _, done), out in zip(items, outs, strict=True):
+                    done.set_result(out)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     backend: Backend
     model_name: str
     api_key: str | None
     lock: threading.Lock
+    batcher: _Batcher
 
 
 class ChatServer:
@@ -141,12 +200,14 @@ class ChatServer:
         port: int = 0,
         api_key: str | None = None,
         handler: type[BaseHTTPRequestHandler] = ChatHandler,
+        batch_size: int = 1,
     ):
         self.httpd = _Server((host, port), handler)
         self.httpd.backend = backend
         self.httpd.model_name = model_name
         self.httpd.api_key = api_key
         self.httpd.lock = threading.Lock()
+        self.httpd.batcher = _Batcher(backend, self.httpd.lock, batch_size)
         self._thread: threading.Thread | None = None
 
     @property
@@ -159,9 +220,15 @@ class ChatServer:
         self._thread.start()
         return self
 
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch generated so far."""
+        return list(self.httpd.batcher.sizes)
+
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.batcher.close()
         if self._thread:
             self._thread.join(timeout=10)
 

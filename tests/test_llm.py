@@ -481,3 +481,46 @@ def test_structured_output_is_asked_for_used_where_honoured_and_dropped_where_re
         counts = plain.reports[kind].structured
         assert counts["without_schema"] == n[kind] and counts["with_schema"] == 0
         assert counts["parsed_without_schema"] == n[kind] - plain.reports[kind].rejected["unparseable"]
+
+
+# --------------------------------------------------------------------------- the course's server as a peer
+
+
+def test_the_server_batches_concurrent_requests_and_answers_as_one_at_a_time(local):
+    """``batch_size`` 4: eight concurrent greedy requests are generated in batches of more than one, and each
+    reply is the one the model gives alone; with ``batch_size`` 1 every batch is one request."""
+    convs = CONVS + CONVS[:3]
+    alone = [local.generate([c], GREEDY)[0].text for c in convs]
+    with ChatServer(local, model_name="tiny", batch_size=4) as srv:
+        out = OpenAIBackend(srv.base_url, "tiny", api_key_env="", concurrency=8).generate(convs, GREEDY)
+        sizes = srv.batch_sizes
+    assert [c.text for c in out] == alone
+    assert sum(sizes) == 8 and max(sizes) > 1 and max(sizes) <= 4, sizes
+    with ChatServer(local, model_name="tiny", batch_size=1) as srv:
+        OpenAIBackend(srv.base_url, "tiny", api_key_env="", concurrency=8).generate(convs, GREEDY)
+        assert srv.batch_sizes == [1] * 8
+
+
+def test_the_server_answers_raw_http_as_the_official_client_reads_it(server, local):
+    """The same request by hand (urllib, raw JSON) and through the official client: one reply, in the
+    chat-completions shape."""
+    import urllib.request
+
+    from openai import OpenAI
+
+    body = {"model": "tiny", "messages": CONVS[0], "max_tokens": 10, "temperature": 0.0}
+    req = urllib.request.Request(
+        server.base_url + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer s3cret-key", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = json.load(resp)
+    assert raw["object"] == "chat.completion" and raw["choices"][0]["message"]["role"] == "assistant"
+    client = OpenAI(api_key="s3cret-key", base_url=server.base_url, max_retries=0)
+    reply = client.chat.completions.create(**body)
+    assert reply.choices[0].message.content == raw["choices"][0]["message"]["content"]
+    assert reply.usage.completion_tokens == raw["usage"]["completion_tokens"] == 10
+    with pytest.raises(Exception, match=r"not supported by this server: it cannot constrain decoding"):
+        client.chat.completions.create(**body, response_format={"type": "json_object"})
