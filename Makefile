@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/manifest_hashing.py
 	$(BIN)/python benchmarks/decontamination.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/serve_concurrency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmed_helpers tests benchmarks
