@@ -524,3 +524,96 @@ def test_the_server_answers_raw_http_as_the_official_client_reads_it(server, loc
     assert reply.usage.completion_tokens == raw["usage"]["completion_tokens"] == 10
     with pytest.raises(Exception, match=r"not supported by this server: it cannot constrain decoding"):
         client.chat.completions.create(**body, response_format={"type": "json_object"})
+
+
+def test_two_served_models_generate_notebook_01_and_one_killed_mid_run_loses_nothing(smoke_course, tmp_path):
+    """As a user would: ``mmed-course serve`` twice on two ports, notebook 01 run with both as
+    ``datagen.endpoint_url``, one server killed (SIGKILL) while generation is under way. The run completes,
+    every job is stored once without error, and the killed server's share went to the other."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    from mmed_helpers.core.jobs import JsonlStore
+    from mmed_helpers.core.layout import RunLayout
+    from mmed_helpers.steps.generate import STEPS
+
+    course, _ = smoke_course
+    model = json.loads((course / "base_model.json").read_text())["path"]
+    cli = str(Path(sys.executable).with_name("mmed-course"))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {**os.environ}
+    servers = [
+        subprocess.Popen(
+            [cli, "serve", model, "--name", "base", "--port", str(p), "--batch-size", "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for p in ports
+    ]
+    try:
+        for proc in servers:  # wait until each says it is serving (model-loading lines may come first)
+            seen = [proc.stdout.readline() for _ in range(1)]
+            while "serving" not in seen[-1] and seen[-1] and len(seen) < 200:
+                seen.append(proc.stdout.readline())
+            assert "serving" in seen[-1], seen
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "base_model.json").write_text((course / "base_model.json").read_text())
+        urls = ", ".join(f"http://127.0.0.1:{p}/v1" for p in ports)
+        job = subprocess.Popen(
+            [
+                cli,
+                "run",
+                "--profile",
+                "smoke",
+                "--run-dir",
+                str(run),
+                "--only",
+                "1",
+                "--no-progress",
+                "--set",
+                "datagen.backend=openai",
+                "--set",
+                "datagen.generator_model=base",
+                "--set",
+                f"datagen.endpoint_url=[{urls}]",
+                "--set",
+                "datagen.passages_per_language=0",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        store = RunLayout(run).generation_store("ift")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and job.poll() is None:
+            if store.is_file() and len(store.read_text(encoding="utf-8").splitlines()) >= 10:
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, "the run ended before a server could be killed"
+        servers[0].send_signal(signal.SIGKILL)  # mid-run: requests in flight on it are lost with it
+        out, _ = job.communicate(timeout=900)
+        assert job.returncode == 0, out[-3000:]
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait(timeout=30)
+    layout = RunLayout(run)
+    for step in STEPS:
+        records = JsonlStore(layout.generation_store(step)).records
+        lines = layout.generation_store(step).read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(records) > 0 and all(not r["error"] for r in records.values()), step
+    manifest = json.loads((layout.step_dir("generate") / "manifest.json").read_text())
+    assert manifest["outputs"]["backend"]["base_url"] == [f"http://127.0.0.1:{p}/v1" for p in ports]
