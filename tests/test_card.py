@@ -198,6 +198,8 @@ def test_the_card_is_a_hub_dataset_card_with_the_runs_metadata(course):
     assert data.language == IN_COURSE_ORDER == [x for x in LANGUAGES if x in {r["lang"] for r in _expected(run, "mc")}]
     assert data.size_categories == [size_category(n)] == ["n<1K"]
     assert data.pretty_name == "MMed-IFT-MC" and "multiple-choice" in data.task_categories
+    translated = any(r["origin"] == "translated" for r in _expected(run, "mc"))
+    assert translated and "machine-translated" in data.tags  # tagged only when translations are in it
     assert fnmatch(DATA_FILE, data.configs[0]["data_files"][0]["path"])
     assert 'load_dataset("me/mmed-ift-mc", split="train")' in text and "arXiv 2409.05732" in text
     default = dataset_card(run, "ift")  # no licence chosen: the placeholder, and the line that says to set it

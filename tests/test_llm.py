@@ -617,3 +617,14 @@ def test_two_served_models_generate_notebook_01_and_one_killed_mid_run_loses_not
         assert len(lines) == len(records) > 0 and all(not r["error"] for r in records.values()), step
     manifest = json.loads((layout.step_dir("generate") / "manifest.json").read_text())
     assert manifest["outputs"]["backend"]["base_url"] == [f"http://127.0.0.1:{p}/v1" for p in ports]
+
+
+def test_asking_again_without_the_schema_is_not_a_retry(server, local, monkeypatch):
+    """With no retries allowed, a server that refuses ``response_format`` still answers the request asked
+    again without it."""
+    monkeypatch.setenv("COURSE_TEST_KEY", "s3cret-key")
+    client = OpenAIBackend(server.base_url, "tiny", api_key_env="COURSE_TEST_KEY", max_retries=0)
+    params = GenerationParams(max_new_tokens=10, temperature=0.0, json_schema={"type": "object"})
+    out = client.generate(CONVS[:2], params)
+    assert [c.text for c in out] == [c.text for c in local.generate(CONVS[:2], GREEDY)]
+    assert all(c.error is None and c.structured is False for c in out) and client.structured_output is False

@@ -181,7 +181,7 @@ def _card(f: _Facts, license: str, repo_id: str | None) -> str:
 
     langs = _ordered({r["lang"] for r in f.rows})
     tags = ["medical", "instruction-tuning", "synthetic", "mmed-course"]
-    if f.translations == "included":
+    if any(r["origin"] == "translated" for r in f.rows):
         tags += ["machine-translated", "ccts"]
     data = DatasetCardData(
         license=license,

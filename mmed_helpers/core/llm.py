@@ -302,7 +302,8 @@ class OpenAIBackend:
         extra: dict[str, Any] = {"seed": seed} if seed is not None else {}
         structured = params.json_schema is not None and self.structured_output is not False
         last, retry_after, wait, failed_on = "", None, False, None
-        for attempt in range(self.max_retries + 1):
+        attempt = 0  # retries so far; asking again without the schema is a new request, not a retry
+        while attempt <= self.max_retries:
             if wait:
                 await asyncio.sleep(self._delay(attempt, retry_after))
             ep = await self._pick(endpoints, avoid=failed_on)
@@ -343,12 +344,14 @@ class OpenAIBackend:
                     last, retry_after = f"HTTP {code}{detail}", exc.response.headers.get("retry-after")
                     # a busy server (429) is not a broken one; a 5xx counts towards setting it aside
                     wait = code in (408, 409, 429) or not self._failed(ep, endpoints)
+                    attempt += 1
                     continue
                 return Completion("", error=f"HTTP {code}{detail}")
             except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError)
                 cause = exc.__cause__ or exc
                 last, retry_after = f"{type(exc).__name__}: {cause}", None
                 wait = not self._failed(ep, endpoints)
+                attempt += 1
                 continue
             except openai.APIResponseValidationError as exc:
                 return Completion("", error=f"malformed response ({type(exc).__name__}: {exc})")
