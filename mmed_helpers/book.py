@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .core.flags import cache_dir
 from .core.layout import RunLayout, project_root
 
 
@@ -56,8 +57,9 @@ def build_book(
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    scrub = machine_paths(run_dir)
     for f in wanted:
-        copy_for_book(run_nb / f"{Path(f).name}.ipynb", dest / f"{Path(f).name}.ipynb")
+        copy_for_book(run_nb / f"{Path(f).name}.ipynb", dest / f"{Path(f).name}.ipynb", scrub)
     vendor_mathjax(book)
     out = Path(output_dir) if output_dir else book
     if (out / "_build").exists():
@@ -93,18 +95,43 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 MATHJAX_VERSION = "3.2.2"
 
 
-def copy_for_book(src: Path, dest: Path) -> None:
-    """Copy an executed notebook, dropping interactive widget state (tqdm progress bars): a static page shows
-    their text form, and the widget manager would otherwise be fetched from a CDN."""
+def copy_for_book(src: Path, dest: Path, machine_paths: dict[str, str] | None = None) -> None:
+    """Copy an executed notebook for the book: without the cell papermill injected (the run's own parameters,
+    with this machine's run path; a reader sees the notebook's parameters cell), without interactive widget
+    state (tqdm progress bars: a static page shows their text form, and the widget manager would otherwise be
+    fetched from a CDN), and with every ``machine_paths`` prefix in its text replaced (:func:`machine_paths`)."""
     nb = json.loads(src.read_text(encoding="utf-8"))
     nb.get("metadata", {}).pop("widgets", None)
-    for cell in nb.get("cells", []):
+    nb.get("metadata", {}).pop("papermill", None)
+    nb["cells"] = [c for c in nb.get("cells", []) if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
         for out in cell.get("outputs", []):
             data = out.get("data")
             if isinstance(data, dict) and WIDGET_MIME in data:
                 data.pop(WIDGET_MIME)
                 data.setdefault("text/plain", "")
-    dest.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+    text = json.dumps(nb, ensure_ascii=False)
+    for prefix, shown in sorted((machine_paths or {}).items(), key=lambda kv: -len(kv[0])):
+        escaped = re.escape(json.dumps(prefix)[1:-1])  # the path as it appears inside JSON strings
+        text = re.sub(escaped + r"(?![\w.-])", shown.replace("\\", "\\\\"), text)  # whole path parts only
+    dest.write_text(text, encoding="utf-8")
+
+
+def machine_paths(run_dir: str | Path) -> dict[str, str]:
+    """The folders of the building machine that executed notebooks print, and what the book shows instead:
+    the run folder as ``runs/<name>``, the course checkout as ``.``, the Python environment as ``<python>``,
+    the course's cache (``MMED_CACHE_DIR``) as ``<cache>`` and the home folder as ``~``. Longer prefixes are
+    replaced first, so a path keeps its most specific form."""
+    run = RunLayout(run_dir).root
+    paths = {str(run): f"runs/{run.name}", str(project_root()): ".", sys.prefix: "<python>"}
+    paths[str(cache_dir())] = "<cache>"
+    home = str(Path.home())
+    if home not in ("/", ""):
+        paths[home] = "~"
+    for key in list(paths):  # symlinked folders print their resolved form too
+        paths.setdefault(os.path.realpath(key), paths[key])
+    return paths
 
 
 def vendor_mathjax(book: Path) -> Path:

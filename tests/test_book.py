@@ -57,6 +57,30 @@ def test_book_has_every_chapter_and_notebook(book_html):
     assert "Towards democratizing multilingual" in refs and "weight-decomposed low-rank adaptation" in refs.lower()
 
 
+def test_no_page_shows_the_building_machines_folders_or_the_injected_parameters(book_html, smoke_course):
+    """The run folder, the checkout, the Python environment, the cache and the home folder of the machine that
+    ran the course appear on no page (outputs print them); the cell papermill injected is gone, the notebook's
+    own parameters cell is still there."""
+    import sys
+
+    from mmed_helpers.core.flags import cache_dir
+    from mmed_helpers.core.layout import RunLayout
+
+    run, _ = smoke_course
+    folders = {str(RunLayout(run).root), str(ROOT), sys.prefix, str(cache_dir()), str(Path.home())} - {"/"}
+    leaks = []
+    for page in book_html.rglob("*.html"):
+        if "_static" in page.parts:
+            continue
+        html = page.read_text(encoding="utf-8")
+        leaks += [f"{page.relative_to(book_html)}: {f}" for f in folders if f in html]
+    assert not leaks, leaks[:10]
+    for nb in toc_notebooks(ROOT / "book"):
+        html = (book_html / f"{nb}.html").read_text(encoding="utf-8")
+        assert "# Parameters (papermill overrides these" in html, nb  # the learner's parameters cell
+        assert "# Parameters</span>" not in html, nb  # papermill's injected one begins with just that
+
+
 @pytest.fixture(scope="module")
 def server(book_html):
     handler = functools.partial(QuietHandler, directory=str(book_html))
