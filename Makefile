@@ -17,7 +17,7 @@ STAMP := $(VENV)/.mmed-installed
 # --no-deps so that pip never replaces the CPU torch with a multi-GB CUDA build.
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: course test book browser lab bench lint clean venv
+.PHONY: course test book browser lab bench lint clean venv sync
 
 venv: $(STAMP)
 
@@ -49,6 +49,9 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+sync: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.ipynb
 
 lab: $(STAMP)
 	cd notebooks && $(abspath $(BIN))/jupyter lab
