@@ -589,7 +589,7 @@ def test_two_served_models_generate_notebook_01_and_one_killed_mid_run_loses_not
                 "--set",
                 f"datagen.endpoint_url=[{urls}]",
                 "--set",
-                "datagen.passages_per_language=0",
+                "datagen.passages_per_language=5",
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
