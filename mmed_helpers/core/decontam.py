@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .quality import _CJK
+
 NGRAM = 13
 """Words per n-gram: lm-evaluation-harness's and GPT-3's default."""
 MIN_WHOLE = 8
@@ -39,7 +41,7 @@ MIN_WHOLE = 8
 CJK_WEIGHT = 0.5
 """What a Chinese or Japanese character weighs against a word."""
 
-_CJK_CHAR = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+_CJK_CHAR = _CJK.pattern  # one character of Chinese or Japanese script, as the filters define it
 _TOKEN = re.compile(rf"{_CJK_CHAR}|(?:(?!{_CJK_CHAR})[^\W_])+", re.UNICODE)
 
 
@@ -57,9 +59,6 @@ def words(text: str) -> list[str]:
 
 def _weight(token: str) -> float:
     return CJK_WEIGHT if len(token) == 1 and _CJK.match(token) else 1.0
-
-
-_CJK = re.compile(_CJK_CHAR)
 
 
 def weight(tokens: Sequence[str]) -> float:

@@ -40,14 +40,13 @@ from typing import Any
 
 from .corpus import CorpusError, Passage
 from .jsonl import read_jsonl
-from .quality import _KANA, cjk_share, detect_language, find_duplicates, normalize
+from .quality import _CJK, _KANA, cjk_share, detect_language, find_duplicates, normalize
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet", ".pdf")
 """The file types a corpus folder may hold (others are skipped and counted)."""
 
 TokenCounter = Callable[[str], int]
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s+|(?<=[。！？；])")
 
 
