@@ -18,11 +18,12 @@ SMOKE = load_profile("smoke")
 STAGE1_MIN_VALIDATION_DROP = 0.01
 """Stage 1 must lower the held-out IFT loss by more than this (measured 1.8 % and 2.3 % on two kinds of CPU; see
 the README's smoke table)."""
-STAGE2_MIN_PARSE_RATE = 0.3
-"""Share of stage 2's generated replies with a readable answer: a canary that stage 2 taught the format, not the
-course's 80 % goal (unmet; see the README's smoke table). On an AMD EPYC (AVX512) with batches of 8 it came out
-36 % in one `make course` and 66 %, 92 %, 69 % when only stage 2 was retrained with seeds 42, 1 and 2 (CPU
-thread order alone moves it this much); a stage 2 that learns nothing stays near the base's 0-3 %."""
+STAGE2_MIN_PARSE_RATE = 0.6
+"""Share of stage 2's generated replies with a readable answer: a canary that stage 2 taught the format. Since the
+MC target dropped its rationale label (``mcformat.mc_target``) it measured 89 % in `make course` and 91-99 % when
+only stage 2 was retrained (seeds 42, 1, 7) on an Intel Xeon (AVX512), above the course's 80 % goal; with the label
+it was 36-92 % depending on the CPU and seed. The canary sits lower because the tiny model's training is chaotic
+across CPUs; a stage 2 that learns nothing stays near the base's 0-3 %."""
 
 
 @pytest.mark.e2e

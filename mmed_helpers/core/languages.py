@@ -40,7 +40,8 @@ class Language:
     answer_label: str
     """Label of the answer line in an MC target (``Answer: B. ...``)."""
     rationale_label: str
-    """Label of the rationale line in an MC target."""
+    """The word that labels a rationale, in the tiny model's pre-training format lines (``core.tiny``); stage 2's
+    targets write the rationale without it (``mcformat.mc_target`` says why)."""
     answer_words: tuple[str, ...]
     """Regular expressions (case-insensitive) for the words that introduce the answer letter in a reply
     ("the answer is", "答案是", "正解は", "la bonne réponse est") - answer extraction."""

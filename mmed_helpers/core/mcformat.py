@@ -7,7 +7,7 @@ multi-answer, all six languages; a test holds the two together)::
     >>> mc_prompt("Which vitamin ...?", ["B1", "B12"], "en")
     'Which vitamin ...?\\n\\nA. B1\\nB. B12\\n\\nChoose the single best answer.'
     >>> mc_target(["B"], ["B1", "B12"], "Cobalamin is ...", "en")
-    'Answer: B. B12\\nRationale: Cobalamin is ...'
+    'Answer: B. B12\\nCobalamin is ...'
     >>> extract_answers("Answer: B. B12", 2)
     ['B']
 
@@ -59,16 +59,20 @@ def mc_prompt(question: str, options: Sequence[str], lang: str, *, multi: bool =
 
 
 def mc_target(answers: Sequence[str] | str, options: Sequence[str], rationale: str, lang: str) -> str:
-    """The assistant turn stage 2 trains on: the answer letter(s) with their text, then the rationale.
+    """The assistant turn stage 2 trains on: the answer letter(s) with their text, then the rationale on the next
+    line, without a label of its own.
 
-    One answer: ``Answer: B. B12``; several: ``Answer: A, C. first; third``."""
+    One answer: ``Answer: B. B12``; several: ``Answer: A, C. first; third``. The rationale has no label because
+    a label there competes with the answer label for the reply's first token: on the smoke model, stage 2 trained
+    on ``Answer: ...\nRationale: ...`` often opened its reply with the rationale label (``解説:``,
+    ``Justification:``) and gave no letter (8-74 % of replies readable over reruns); without it, 91-97 %."""
     chosen = [answers] if isinstance(answers, str) else list(answers)
     letters = letters_for(options)
     if not chosen or any(a not in letters for a in chosen):
         raise FormatError(f"answers {chosen} are not among the option letters {letters}")
     row = language_or_default(lang)
     texts = "; ".join(options[letters.index(a)] for a in chosen)
-    return f"{row.answer_label}: {MULTI_SEPARATOR.join(chosen)}. {texts}\n{row.rationale_label}: {rationale}"
+    return f"{row.answer_label}: {MULTI_SEPARATOR.join(chosen)}. {texts}\n{rationale}"
 
 
 def options_list(value: Any) -> list[str]:

@@ -6,7 +6,7 @@ datasets saved with :func:`save_dataset` and read back with :func:`load_items`:
 >>> item = MCItem(id="x", lang="en", question="Which vitamin ...?", options=["B1", "B12", "C", "D"],
 ...               answer="B", rationale="Cobalamin is ...")
 >>> item.to_messages()[1]["content"]
-'Answer: B. B12\\nRationale: Cobalamin is ...'
+'Answer: B. B12\\nCobalamin is ...'
 """
 
 from __future__ import annotations
