@@ -405,6 +405,32 @@ def test_a_rerun_reuses_a_finished_stage_and_refuses_a_changed_one(peft_only, ti
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the same merge is kept, not redone
 
 
+def test_a_run_folder_copied_elsewhere_is_still_the_same_run(peft_only, tiny_dir, data, tmp_path):
+    """A whole run folder copied or moved (another disk, a Colab download, the browser test's copy): the copy's
+    finished stage is reused from the copy, not refused as made with another base and data, nor pointed back at
+    the original's adapter; a changed dataset in the copy is still refused."""
+    import shutil
+
+    cfg = _cfg(**{"stage1.max_steps": 2})
+    run = tmp_path / "run"
+    shutil.copytree(tiny_dir, run / "models" / "base")
+    shutil.copytree(data / "ift", run / "01_generate_qa" / "ift")
+    first = train_stage("stage1", cfg.stage1, run / "models" / "base", [run / "01_generate_qa" / "ift"],
+                        run / "03" / "train", cfg.model, progress=False)  # fmt: skip
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)  # moved, not copied: nothing of the original is left to lean on
+    again = train_stage("stage1", cfg.stage1, copy / "models" / "base", [copy / "01_generate_qa" / "ift"],
+                        copy / "03" / "train", cfg.model, progress=False)  # fmt: skip
+    assert again.reused and again.final_loss == first.final_loss
+    assert again.adapter_dir == copy / "03" / "train" / "adapter" and again.out_dir == copy / "03" / "train"
+    shutil.rmtree(copy / "01_generate_qa" / "ift")
+    shutil.copytree(data / "mc", copy / "01_generate_qa" / "ift")
+    with pytest.raises(TrainingError, match=r"different data"):
+        train_stage("stage1", cfg.stage1, copy / "models" / "base", [copy / "01_generate_qa" / "ift"],
+                    copy / "03" / "train", cfg.model, progress=False)  # fmt: skip
+
+
 def test_an_interrupted_run_resumes_only_with_the_setup_it_was_started_with(peft_only, tiny_dir, data, tmp_path):
     """What a kill leaves (checkpoints and the identity written before the first step, no adapter, no manifest):
     a changed setup is refused before any model is loaded; the same setup resumes from the last checkpoint."""

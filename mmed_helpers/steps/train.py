@@ -629,8 +629,19 @@ def run_identity(stage: StageConfig, model_cfg: ModelConfig, model_path, data_pa
     return json.loads(json.dumps(identity))  # as the manifest will hold it
 
 
+def _portable(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` without where the run folder is: the base model by its content only, each dataset by its step
+    folder and name (``01_generate_qa/mmed_ift``) and content. A run folder copied or moved elsewhere (another
+    disk, a Colab download, the browser test's copy) is still the same run."""
+    out = {k: v for k, v in identity.items() if k != "base_model"}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {"/".join(Path(k).parts[-2:]): v for k, v in out["data"].items()}
+    return out
+
+
 def _changed(previous: dict[str, Any], identity: dict[str, Any]) -> str:
-    return ", ".join(sorted(k for k in identity if previous.get(k) != identity[k]) or ["recipe"])
+    before, now = _portable(previous), _portable(identity)
+    return ", ".join(sorted(k for k in now if before.get(k) != now[k]) or ["recipe"])
 
 
 def _check_resume(folder: TrainDir, identity: dict[str, Any], name: str, checkpoint: Path) -> None:
@@ -640,7 +651,7 @@ def _check_resume(folder: TrainDir, identity: dict[str, Any], name: str, checkpo
     if not folder.started_with.is_file():
         return
     previous = json.loads(folder.started_with.read_text(encoding="utf-8"))
-    if previous != identity:
+    if _portable(previous) != _portable(identity):
         raise TrainingError(
             f"{checkpoint} belongs to an interrupted {name} run started with a different "
             f"{_changed(previous, identity)}: delete {folder.root} to train from the start with this setup, or "
@@ -662,7 +673,7 @@ def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> Train
             f"{folder.root} holds a finished {name} run from before the course recorded what a run was made with: "
             "delete that folder to train again, or use another run directory"
         )
-    if previous != identity:
+    if _portable(previous) != _portable(identity):
         raise TrainingError(
             f"{folder.root} holds a finished {name} run made with a different {_changed(previous, identity)}: delete "
             "that folder to train again with this setup, or use another run directory"
@@ -682,7 +693,7 @@ def finished_run(folder: TrainDir, identity: dict[str, Any], name: str) -> Train
     start = ValidationLoss(0, out["validation_loss_base"], out["validation_by_language_base"], 0)
     fields = {f for f in TrainResult.__dataclass_fields__} - {"losses", "step_seconds", "validation", "reused"}
     kept = {k: v for k, v in out.items() if k in fields}
-    kept.update(out_dir=Path(out["out_dir"]), adapter_dir=Path(out["adapter_dir"]))
+    kept.update(out_dir=folder.root, adapter_dir=folder.adapter)  # where the run is now, not where it was made
     return TrainResult(
         **kept,
         losses=[(h["step"], float(h["loss"])) for h in history if "loss" in h],
