@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .core.flags import cache_dir
+from .core.hosted import COLAB_BADGE_IMAGE
 from .core.layout import RunLayout, project_root
 
 
@@ -92,6 +93,8 @@ def add_icon_to_redirect(page: Path, icon: str) -> None:
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+LOCAL_BADGE = "../_static/colab-badge.svg"
+"""The badge image as a notebook page of the book finds it (``book/_static/colab-badge.svg``)."""
 MATHJAX_VERSION = "3.2.2"
 
 
@@ -99,7 +102,8 @@ def copy_for_book(src: Path, dest: Path, machine_paths: dict[str, str] | None = 
     """Copy an executed notebook for the book: without the cell papermill injected (the run's own parameters,
     with this machine's run path; a reader sees the notebook's parameters cell), without interactive widget
     state (tqdm progress bars: a static page shows their text form, and the widget manager would otherwise be
-    fetched from a CDN), and with every ``machine_paths`` prefix in its text replaced (:func:`machine_paths`)."""
+    fetched from a CDN), with the Colab badge's image taken from the book's own ``_static`` (the link still opens
+    Colab), and with every ``machine_paths`` prefix in its text replaced (:func:`machine_paths`)."""
     nb = json.loads(src.read_text(encoding="utf-8"))
     nb.get("metadata", {}).pop("widgets", None)
     nb.get("metadata", {}).pop("papermill", None)
@@ -112,6 +116,7 @@ def copy_for_book(src: Path, dest: Path, machine_paths: dict[str, str] | None = 
                 data.pop(WIDGET_MIME)
                 data.setdefault("text/plain", "")
     text = json.dumps(nb, ensure_ascii=False)
+    text = text.replace(COLAB_BADGE_IMAGE, LOCAL_BADGE)  # the book works offline: its own copy of the badge
     for prefix, shown in sorted((machine_paths or {}).items(), key=lambda kv: -len(kv[0])):
         escaped = re.escape(json.dumps(prefix)[1:-1])  # the path as it appears inside JSON strings
         text = re.sub(escaped + r"(?![\w.-])", shown.replace("\\", "\\\\"), text)  # whole path parts only

@@ -1,4 +1,6 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mmed-course/mmed-course/blob/main/notebooks/01_generate_qa.ipynb)
+#
 # # 01 · Generate medical instruction data from unstructured text
 #
 # The paper's first contribution is a recipe for turning unstructured medical text into instruction data in **two
@@ -19,9 +21,24 @@
 # | `colab` | the 1.5B instruct base model, or an endpoint | about 1 hour on a T4 |
 # | `full` | the 8B base model, or a stronger model behind an endpoint (vLLM, Ollama, TGI) | several hours on one GPU |
 
+# %%
+# Colab or Kaggle only: install the course (GPU extra) and use the `colab` profile, a few minutes
+# once per session. Anywhere else this cell does nothing: install with `make venv` (see the README).
+import os
+import sys
+
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    import subprocess
+
+    requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+    os.environ.setdefault("MMED_PROFILE", "colab")
+
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; in JupyterLab edit them here)
-profile = "smoke"   # smoke | colab | full | path to your own YAML
+import os
+
+profile = os.environ.get("MMED_PROFILE", "smoke")   # smoke | colab | full | path to your own YAML
 run_dir = ""        # empty: runs/<profile> in the course checkout
 overrides = {}      # e.g. {"datagen.backend": "openai", "datagen.endpoint_url": "http://localhost:8000/v1"}
 

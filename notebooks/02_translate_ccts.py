@@ -1,4 +1,6 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mmed-course/mmed-course/blob/main/notebooks/02_translate_ccts.ipynb)
+#
 # # 02 · Multilingual expansion with the cycle-consistency translation score (CCTS)
 #
 # Medical instruction data is scarce outside English. The paper expands its English data into five more languages
@@ -19,9 +21,24 @@
 # | `colab` | the 1.5B instruct base model, up to 500 samples per dataset | a few hours on a T4 |
 # | `full` | the 8B base model, an endpoint, or an NLLB/M2M/Marian model (`ccts.translator: seq2seq`) | many hours on one GPU |
 
+# %%
+# Colab or Kaggle only: install the course (GPU extra) and use the `colab` profile, a few minutes
+# once per session. Anywhere else this cell does nothing: install with `make venv` (see the README).
+import os
+import sys
+
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    import subprocess
+
+    requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+    os.environ.setdefault("MMED_PROFILE", "colab")
+
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; in JupyterLab edit them here)
-profile = "smoke"   # smoke | colab | full | path to your own YAML
+import os
+
+profile = os.environ.get("MMED_PROFILE", "smoke")   # smoke | colab | full | path to your own YAML
 run_dir = ""        # empty: runs/<profile> in the course checkout
 overrides = {}      # e.g. {"ccts.threshold": 0.7, "ccts.meaning_guard": False, "ccts.score_form": "mean"}
 dataset_license = "other"  # the licence your corpus allows (e.g. "cc-by-4.0"), for the dataset cards

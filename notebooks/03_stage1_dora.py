@@ -1,4 +1,6 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mmed-course/mmed-course/blob/main/notebooks/03_stage1_dora.ipynb)
+#
 # # 03 · Stage 1: DoRA fine-tuning on MMed-IFT, then merge
 #
 # Stage 1 injects general medical knowledge. The paper fine-tunes the base model with **DoRA** (weight-decomposed
@@ -18,9 +20,24 @@
 # | `colab` | 1.5B instruct, one 16 GB GPU | about 1 hour for one epoch of the default data |
 # | `full` | 8B instruct, one 40-80 GB GPU (≈ 17 GiB peak for DoRA at seq 2048 with Unsloth) | several hours |
 
+# %%
+# Colab or Kaggle only: install the course (GPU extra) and use the `colab` profile, a few minutes
+# once per session. Anywhere else this cell does nothing: install with `make venv` (see the README).
+import os
+import sys
+
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    import subprocess
+
+    requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+    os.environ.setdefault("MMED_PROFILE", "colab")
+
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; in JupyterLab edit them here)
-profile = "smoke"   # smoke | colab | full | path to your own YAML
+import os
+
+profile = os.environ.get("MMED_PROFILE", "smoke")   # smoke | colab | full | path to your own YAML
 run_dir = ""        # empty: runs/<profile> in the course checkout
 overrides = {}      # e.g. {"stage1.max_steps": 50, "stage1.learning_rate": 5e-5}
 

@@ -1,4 +1,6 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mmed-course/mmed-course/blob/main/notebooks/04_stage2_qlora.ipynb)
+#
 # # 04 · Stage 2: QLoRA fine-tuning on MMed-IFT-MC
 #
 # Stage 2 teaches the exam skill. The paper loads the merged stage-1 model in **4-bit NF4** and trains a **LoRA
@@ -18,9 +20,24 @@
 # | `colab` | merged 1.5B in 4-bit, one 16 GB GPU | under an hour |
 # | `full` | merged 8B in 4-bit (≈ 6.5 GiB peak at seq 2048 with Unsloth) | a few hours |
 
+# %%
+# Colab or Kaggle only: install the course (GPU extra) and use the `colab` profile, a few minutes
+# once per session. Anywhere else this cell does nothing: install with `make venv` (see the README).
+import os
+import sys
+
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    import subprocess
+
+    requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+    os.environ.setdefault("MMED_PROFILE", "colab")
+
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; in JupyterLab edit them here)
-profile = "smoke"   # smoke | colab | full | path to your own YAML
+import os
+
+profile = os.environ.get("MMED_PROFILE", "smoke")   # smoke | colab | full | path to your own YAML
 run_dir = ""        # empty: runs/<profile> in the course checkout
 overrides = {}      # e.g. {"stage2.max_steps": 50, "stage2.merge": True}
 

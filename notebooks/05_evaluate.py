@@ -1,4 +1,6 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mmed-course/mmed-course/blob/main/notebooks/05_evaluate.ipynb)
+#
 # # 05 · Evaluation: MedQA, MedMCQA, PubMedQA and MMedBench, per language
 #
 # Did the two stages help, and where? This notebook scores four models — the **base**, **stage 1** (DoRA on
@@ -19,9 +21,24 @@
 # | `colab` | the public test sets, up to 500 items each | about 1-2 hours on a T4 |
 # | `full` | the public test sets in full | several hours on one GPU |
 
+# %%
+# Colab or Kaggle only: install the course (GPU extra) and use the `colab` profile, a few minutes
+# once per session. Anywhere else this cell does nothing: install with `make venv` (see the README).
+import os
+import sys
+
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    import subprocess
+
+    requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+    os.environ.setdefault("MMED_PROFILE", "colab")
+
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; in JupyterLab edit them here)
-profile = "smoke"   # smoke | colab | full | path to your own YAML
+import os
+
+profile = os.environ.get("MMED_PROFILE", "smoke")   # smoke | colab | full | path to your own YAML
 run_dir = ""        # empty: runs/<profile> in the course checkout
 overrides = {}      # e.g. {"evaluation.protocols": ["loglik"], "evaluation.models": ["base", "stage2"]}
 

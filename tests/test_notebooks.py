@@ -4,6 +4,7 @@ import nbformat
 import pytest
 from conftest import ROOT
 
+from mmed_helpers.core.hosted import PROFILE_LINES, SETUP_CELL, colab_badge
 from mmed_helpers.runner import discover_notebooks
 
 NOTEBOOKS = discover_notebooks(ROOT / "notebooks")
@@ -20,7 +21,8 @@ def test_notebook_is_clean_and_parameterised(path):
     assert len(tagged) == 1
     for name in ("profile", "run_dir", "overrides"):
         assert f"{name} =" in tagged[0].source
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(colab_badge(path.name) + "\n\n# ")
+    assert code[0].source == SETUP_CELL and PROFILE_LINES in tagged[0].source  # test_hosted runs them
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "## Summary" in text and "## Exercises" in text
 

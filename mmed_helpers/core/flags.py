@@ -29,6 +29,9 @@ fallback measured 4.5x slower per QLoRA step than plain PEFT); ``unsloth``: Unsl
 TRAIN_BACKENDS = ("auto", "unsloth", "peft")
 RUNS_DIR = "MMED_RUNS_DIR"
 """Where ``runs/<profile>`` goes when no run directory is given (default: the checkout's ``runs/``)."""
+PROFILE = "MMED_PROFILE"
+"""The profile a notebook opens with when no one passes one (its parameters cell reads it; the Colab/Kaggle setup
+cell sets ``colab``). Default ``smoke``."""
 CACHE_DIR = "MMED_CACHE_DIR"
 """Where built models are cached across runs (default ``~/.cache/mmed-course``; the pre-trained tiny model)."""
 
