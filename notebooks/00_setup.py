@@ -204,10 +204,75 @@ print(f"wrote {manifest}")
 #
 # ## Exercises
 #
-# 1. Rerun this notebook with `overrides = {"tiny": {"vocab_size": 1024}}`. How do the tokens per 100 characters
+# 1. Rerun this notebook with `overrides = {"tiny": {"vocab_size": 1024}}` and a fresh `run_dir` (for example
+#    `"/tmp/mmed-vocab1024"`: a run keeps the base model it was built with). How do the tokens per 100 characters
 #    change for each language, and which scripts lose most when the vocabulary shrinks? Why?
+#
+# <details><summary>Answer</summary>
+#
+# On the `smoke` profile (the bundled passages, vocabulary 2,048 → 1,024):
+#
+# | language | 2,048 tokens | 1,024 tokens | change |
+# | --- | --- | --- | --- |
+# | en | 33.7 | 43.1 | +28 % |
+# | zh | 135.3 | 174.1 | +29 % |
+# | ja | 120.4 | 159.1 | +32 % |
+# | fr | 40.5 | 48.8 | +20 % |
+# | ru | 52.4 | 64.9 | +24 % |
+# | es | 40.9 | 48.5 | +19 % |
+#
+# Every language costs more, and Chinese and Japanese lose most: about 39 more tokens per 100 characters each.
+# Byte-level BPE starts from the 256 byte values and spends its vocabulary on merges of the most frequent pairs in
+# its training text. A Chinese or Japanese character is three UTF-8 bytes, so it needs two merges before it is one
+# token, and the thousands of distinct characters in about 10,000 characters of Chinese and Japanese text are each
+# rare: with half the merges, many of them fall back to two or three byte tokens (more than 100 tokens per 100
+# characters means more than one token per character). French and Spanish share their alphabet and many word
+# pieces with English, half of the training text, so they lose least; English itself loses its whole-word merges.
+# Real tokenizers show the same pattern: a vocabulary built mostly on English text makes every Chinese or Japanese
+# training example longer and fits less of it into the context window. In the run you already have, the notebook
+# stops instead with "... exists but is not a tiny model built from this configuration": a run keeps its base.
+#
+# </details>
+#
 # 2. Try `overrides = {"stage1.rr": 8}`. Read the error: what does it tell you, and where would you look up the
 #    valid keys? (`mmed-course show smoke` prints them all.)
-# 3. Using `describe_model`, compute how many parameters a DoRA adapter with r=32 on all attention and MLP
-#    projections adds to the tiny model (each adapted weight of shape d_out × d_in gets r·(d_in + d_out) LoRA
-#    parameters plus d_out magnitude parameters).
+#
+# <details><summary>Answer</summary>
+#
+# `start` stops before anything runs, with `ConfigError: unknown key 'stage1.rr' in override of profile 'smoke'
+# (did you mean 'stage1.r'?)`: the key, where it came from, and the nearest valid key. Every key is a field of a
+# typed dataclass in `mmed_helpers/core/config.py` (the `stage1` and `stage2` sections are `StageConfig`, each
+# field with its docstring); `mmed-course show smoke` prints the resolved profile, and
+# `mmed_helpers/profiles/smoke.yaml` lists the values with comments. A wrong value fails the same way, before any
+# work: `{"stage1.r": -4}` names the key, the value and what is allowed.
+#
+# </details>
+#
+# 3. Using `describe_model` (and `config.json` for the MLP width, `intermediate_size`), compute how many parameters
+#    a DoRA adapter with r=32 on all attention and MLP projections adds to the tiny model (each adapted weight of
+#    shape d_out × d_in gets r·(d_in + d_out) LoRA parameters plus d_out magnitude parameters). Check your count
+#    with the cell below.
+#
+# <details><summary>Answer</summary>
+#
+# The tiny model has hidden size 128, MLP width 352, 4 attention heads of 32 and 2 key-value heads, so `k_proj` and
+# `v_proj` have only 2 × 32 = 64 outputs (grouped-query attention). Per layer, r·(d_in + d_out) + d_out:
+#
+# | projection | d_in → d_out | parameters |
+# | --- | --- | --- |
+# | q_proj, o_proj | 128 → 128 | 32 · 256 + 128 = 8,320 each |
+# | k_proj, v_proj | 128 → 64 | 32 · 192 + 64 = 6,208 each |
+# | gate_proj, up_proj | 128 → 352 | 32 · 480 + 352 = 15,712 each |
+# | down_proj | 352 → 128 | 32 · 480 + 128 = 15,488 |
+#
+# That is 75,968 per layer, **303,872** for the four layers (4,864 of them magnitudes): notebook 03 prints the
+# same number of trainable parameters. It is 30 % of the tiny model's 1,000,576 parameters; on Llama-3-8B the same
+# adapter is about 85 million, 1 % of the model (the Background chapter does that arithmetic).
+#
+# </details>
+
+# %%
+# Exercise 3: put your count in place of None and run this cell (a wrong answer gets a hint, not the answer)
+from mmed_helpers.exercises import check_dora_parameters
+
+check_dora_parameters(None, base.path)

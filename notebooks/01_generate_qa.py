@@ -18,7 +18,7 @@
 # | profile | generator | time for this notebook |
 # | --- | --- | --- |
 # | `smoke` | the embedded tiny model (pre-trained here on the bundled passages) | under a minute on a CPU |
-# | `colab` | the 1.5B instruct base model, or an endpoint | about 1 hour on a T4 |
+# | `colab` | the 1.5B instruct base model, or an endpoint | 10-30 minutes on a T4 (estimated) |
 # | `full` | the 8B base model, or a stronger model behind an endpoint (vLLM, Ollama, TGI) | several hours on one GPU |
 
 # %%
@@ -282,9 +282,75 @@ print(f"wrote {manifest}")
 #
 # 1. Raise `datagen.support_threshold` to 0.9 (in `overrides`) and rerun: nothing is generated again (the raw
 #    outputs are reused), only the filters change. Which reasons grow?
+#
+# <details><summary>Answer</summary>
+#
+# On the `smoke` profile: none. The reject table is the same (all 12 generated IFT and 12 generated MC outputs are
+# `unparseable`; the 120 IFT and 128 MC seeds are kept) and the saved datasets are byte for byte the same. The tiny
+# model's outputs never parse, so no generated item reaches the support check, which comes after parsing, lengths,
+# the MC format and the language; and the seeds are hand-written, never checked for support. With a real generator
+# (`colab`, `full`) `unsupported_by_source` grows, and it is the only reason that can: every output is counted
+# under its first failing reason, so the reasons checked after it (benchmark overlap, exact and near duplicates)
+# can only shrink as items leave earlier. At 0.9, nine in ten content words of the answer must occur in the
+# passage, so correct answers that paraphrase or add textbook background the passage does not spell out are
+# dropped too: the check is a word-overlap proxy, not a fact check, and a higher threshold buys fewer unsupported
+# answers with fewer items.
+#
+# </details>
+#
 # 2. Serve the tiny model as an OpenAI-compatible endpoint (`mmed-course serve runs/smoke/models/base --port 8001`
-#    in a terminal) and rerun this notebook with `{"datagen.backend": "openai", "datagen.endpoint_url":
-#    "http://127.0.0.1:8001/v1", "datagen.generator_model": "base"}` in a fresh `run_dir`. Compare the backend
+#    in a terminal) and rerun notebooks 00 and 01 in a fresh `run_dir` with `{"datagen.backend": "openai",
+#    "datagen.endpoint_url": "http://127.0.0.1:8001/v1", "datagen.generator_model": "base"}`. Compare the backend
 #    line in the manifest.
-# 3. Write a sixth filter: reject MC items whose correct option is more than twice as long as every distractor
-#    (a classic item-writing flaw). How many seed items would it catch?
+#
+# <details><summary>Answer</summary>
+#
+# `outputs.backend` in `01_generate_qa/manifest.json` changes from `{"backend": "local", "model":
+# ".../models/base", "device": "cpu", "batch_size": 8}` to `{"backend": "openai", "base_url":
+# "http://127.0.0.1:8001/v1", "model": "base", "api_key_env": "OPENAI_API_KEY", "api_key_set": false,
+# "concurrency": 8}`: where the requests went, which model name was asked for, eight requests in flight, and which
+# environment variable would hold the key and whether one was set, never the key itself. The report also gains
+# `structured_output: {"without_schema": 12}` per kind: the course's small server does not take a JSON schema, so
+# the prompts ask for JSON in words only (vLLM, for one, accepts the schema). On `smoke` the outputs are again all
+# `unparseable`: the same tiny model, reached another way. The fresh folder is needed twice over: notebook 01
+# reads the base model notebook 00 recorded in the run, and a run's raw outputs belong to the backend and model
+# that wrote them, so the existing run refuses to mix in another's ("restore those settings to resume, or delete
+# that folder to generate again").
+#
+# </details>
+#
+# 3. Write a sixth filter: reject single-answer MC items whose correct option is more than twice as long (in
+#    characters) as every distractor (a classic item-writing flaw). How many of the seed items would it catch? In
+#    how many is the correct option simply the longest? Check both counts with the cell below.
+#
+# <details><summary>Answer</summary>
+#
+# ```python
+# from mmed_helpers.core.mcformat import LETTERS
+# from mmed_helpers.steps.generate import load_seeds
+#
+# def longer_than_every_distractor(item, ratio=2.0):
+#     if "," in item.answer:  # several correct options: the rule is about single-answer items
+#         return False
+#     right = item.options[LETTERS.index(item.answer)]
+#     return all(len(right) > ratio * len(o) for i, o in enumerate(item.options) if LETTERS[i] != item.answer)
+#
+# seeds = load_seeds("mc", cfg.languages)
+# sum(longer_than_every_distractor(s) for s in seeds), sum(longer_than_every_distractor(s, 1.0) for s in seeds)
+# ```
+#
+# It catches **none** of the 120 single-answer seeds (of 128): they were written to avoid the flaw, and the
+# nearest, `seed-mc-ja-020` (良性発作性頭位めまい症, benign paroxysmal positional vertigo), is 1.83 times its
+# longest distractor. The weaker cue is there, though: in **39** of the 120 the correct option is the longest,
+# where about 27 would be by chance (one in four or five options), and a model can learn "pick the longest".
+# In the pipeline the filter belongs in `validate` in `mmed_helpers/steps/generate.py`, returning a new reason
+# (added to `REASONS`) so that the reject table counts it.
+#
+# </details>
+
+# %%
+# Exercise 3: put your counts in place of None and run this cell (a wrong answer gets a hint, not the answer)
+from mmed_helpers.exercises import check_long_answer_seeds
+
+display(check_long_answer_seeds(None))            # more than twice as long as every distractor
+display(check_long_answer_seeds(None, ratio=1))   # simply the longest

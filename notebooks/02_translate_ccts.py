@@ -18,7 +18,7 @@
 # | profile | translator | time for this notebook |
 # | --- | --- | --- |
 # | `smoke` | the embedded tiny model (pre-trained on the passages, never taught to translate), 3 English samples per dataset | under a minute on a CPU |
-# | `colab` | the 1.5B instruct base model, up to 500 samples per dataset | a few hours on a T4 |
+# | `colab` | the 1.5B instruct base model, up to 500 samples per dataset | 1-2 hours on a T4 (estimated) |
 # | `full` | the 8B base model, an endpoint, or an NLLB/M2M/Marian model (`ccts.translator: seq2seq`) | many hours on one GPU |
 
 # %%
@@ -289,9 +289,70 @@ Markdown(card.split("\n---\n", 1)[1])  # as the Hub shows it (its YAML metadata 
 # ## Exercises
 #
 # 1. Set `overrides = {"ccts.threshold": 0.0, "ccts.check_target_language": False, "ccts.meaning_guard": False}`
-#    and rerun: nothing is retranslated, and every complete pair is kept. Then try `{"ccts.score_form": "mean"}`
-#    (the equal-weight mean) and read the calibration table: how many faithful round trips does it keep?
+#    and rerun: nothing is retranslated, and every complete pair is kept. How many are kept on this run? Then try
+#    `{"ccts.score_form": "mean"}` (the equal-weight mean) and read the calibration table: how many of the
+#    faithful English round trips does the mean keep at 0.8? Check that count with the cell below.
+#
+# <details><summary>Answer</summary>
+#
+# On the `smoke` profile nothing is kept even then: all 30 round trips (3 English IFT and 3 MC sources, each into
+# five languages) are `translation_failed`, because the tiny model returns an empty translation, so no pair is
+# complete and none is scored (`translated now: 0`: the stored outputs were reused). With a real translator every
+# complete pair would be kept, garbage included: the threshold and the checks are all that stand between the
+# translator and the training data.
+#
+# The row `mean (before)` of the first calibration table answers the second part: with the `smoke` encoder
+# (MiniLM, layer 6) the equal-weight mean keeps **11 of the 102** faithful English round trips (10.8 %), where
+# BERTScore alone keeps 99 % and the calibrated CCTS 94 % (96). Faithful paraphrases have a sentence BLEU of
+# 0.2-0.6, which drags the mean under 0.8, while meaning flips keep a high BLEU: the mean rejects only half of the
+# unfaithful pairs, and its ROC AUC below 0.5 says it ranks them *above* the faithful ones. With
+# `score_form: mean` that mean is the keep decision, so on a real run it throws away most good translations. (The
+# `colab` and `full` profiles use another encoder, so their figures differ.)
+#
+# </details>
+#
 # 2. Score a Japanese sentence against itself with `sacrebleu.sentence_bleu(s, [s], tokenize="13a")` and with
 #    `"ja-mecab"`, then a one-word change of it with both. What goes wrong with `13a`?
+#
+# <details><summary>Answer</summary>
+#
+# With `s = "糖尿病の患者には定期的な眼科検診が推奨される。"` (regular eye examinations are recommended for patients
+# with diabetes) and the change 糖尿病 → 高血圧 (diabetes → hypertension):
+#
+# | pair | `13a` | `ja-mecab` |
+# | --- | --- | --- |
+# | the sentence against itself | 100 | 100 |
+# | one word changed | 0.0 | 86.6 |
+#
+# `13a` splits text at spaces and Latin punctuation; Japanese has no spaces, so the whole sentence is one "word"
+# and BLEU becomes an exact-match test: 100 or 0, nothing between, for any change at all. `ja-mecab` segments it
+# into 16 words (糖尿 病 の 患者 に は ...), so one changed word costs what it should. This is why the course picks
+# the tokeniser by language (`bleu_tokenizer("ja") == "ja-mecab"`, `"zh"` for Chinese). Notice too that the
+# changed sentence still scores 87 with `ja-mecab` although it now recommends eye checks for another disease:
+# BLEU cannot tell which word changed, which is why CCTS is not the only check.
+#
+# </details>
+#
 # 3. On a GPU, switch to a dedicated MT model: `{"ccts.translator": "seq2seq", "ccts.translator_model":
 #    "facebook/nllb-200-distilled-600M"}`. Compare the kept fraction per language with the LLM translator.
+#
+# <details><summary>Answer</summary>
+#
+# Not measured by the course (it needs the model download and a GPU). Run it in a copy of the run folder, or after
+# deleting `02_translate_ccts/raw/`: stored translations belong to the translator that made them and a run
+# refuses to mix in another's. Compare `kept / pairs` per `target_lang` in the summary table (or `by_language` in
+# the manifest) of both runs. What to expect: a dedicated MT model translates literally and never answers the
+# question instead of translating it, adds an explanation or drops the format, so its back-translations stay
+# closer to the source: higher BLEU and usually a higher kept fraction, most of all for French, Spanish and
+# Russian; Chinese and Japanese keep less (segmentation and word order cost BLEU there). Its weak spots are
+# medical terms, abbreviations and long rationales (it was trained on sentences), which the meaning guard and the
+# `wrong_target_language` check catch in part. Mind the licence: NLLB-200's weights are CC-BY-NC-4.0, so set
+# `dataset_license` for translations made with it accordingly.
+#
+# </details>
+
+# %%
+# Exercise 1: put your count (or share) in place of None and run this cell (a wrong answer gets a hint)
+from mmed_helpers.exercises import check_mean_score_kept
+
+check_mean_score_kept(None, calibration=calibration, threshold=cfg.ccts.threshold)

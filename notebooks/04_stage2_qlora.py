@@ -17,7 +17,7 @@
 # | profile | model | time for this notebook |
 # | --- | --- | --- |
 # | `smoke` | merged tiny Llama in 4-bit NF4 on CPU (transformers + PEFT, bitsandbytes' CPU backend) | about a minute |
-# | `colab` | merged 1.5B in 4-bit, one 16 GB GPU | under an hour |
+# | `colab` | merged 1.5B in 4-bit, one 16 GB GPU | 10-20 minutes on a T4 (estimated) |
 # | `full` | merged 8B in 4-bit (≈ 6.5 GiB peak at seq 2048 with Unsloth) | a few hours |
 
 # %%
@@ -147,8 +147,64 @@ print(f"wrote {manifest}")
 # ## Exercises
 #
 # 1. Count the bytes: for the `full` profile's 8B model, how much memory do the frozen weights take in bf16 and in
-#    NF4 with double quantisation (about 4.13 bits per weight)? Compare with the peak figures in the README.
-# 2. Train with `overrides = {"stage2.load_in_4bit": False, "stage2.method": "lora"}` (plain LoRA on the 16-bit
-#    merged model). How do wall time and memory compare on your machine?
-# 3. Look at one MC training target: which tokens carry the loss, and why does the rationale matter for a model
-#    that is only scored on the letter?
+#    NF4 with double quantisation (about 4.13 bits per weight)? Compare with the peak figures in the README, and
+#    check your two figures with the cell below.
+#
+# <details><summary>Answer</summary>
+#
+# Llama-3-8B has 8.03 billion parameters: 32 blocks of attention and MLP (6.98 billion, in linear layers), the
+# embedding and the output layer (525 million each) and the norms. In bf16, 2 bytes each: **16.1 GB** (15.0 GiB).
+# In 4-bit, bitsandbytes quantises only the blocks' linear layers: 6.98 × 10⁹ × 4.13 / 8 = 3.6 GB, while the
+# embedding and the output layer stay in 16 bits, 1.05 × 10⁹ × 2 = 2.1 GB: **5.7 GB** (5.3 GiB) in all, not the
+# 4.1 GB that 4.13 bits for every weight would give. The README's peaks (Unsloth, one H200, sequence 2048) sit
+# above these floors: stage 1 (DoRA on bf16) 17.3 GiB = 15.0 GiB of weights + the adapter's weights, gradients and
+# AdamW moments (about 85 million parameters × 16 bytes ≈ 1.4 GB) + activations; stage 2 (QLoRA) 6.5 GiB =
+# 5.3 GiB + about 0.7 GB for its 42 million adapter parameters + activations. The 4-bit base is what brings an 8B model
+# within reach of a 16-24 GB GPU.
+#
+# </details>
+#
+# 2. In a copy of the run folder, train with `overrides = {"stage2.load_in_4bit": False, "stage2.method": "lora"}`
+#    (plain LoRA on the 16-bit merged model). How do wall time and memory compare on your machine?
+#
+# <details><summary>Answer</summary>
+#
+# On the `smoke` profile, measured on this course's 2-core CPU machine: plain LoRA 26-27 s and 0.85 GiB peak
+# (process memory), QLoRA 31 s and 0.88 GiB. The 4-bit model saves nothing here and is slower: the tiny model's
+# weights are about 4 MB in float32, the process memory is PyTorch itself, and bitsandbytes dequantises every
+# layer at every step. Quantising also costs accuracy before any training: the validation loss of the starting
+# model is 5.848 in 4-bit against 5.803 in float32. On a GPU with the 8B model the trade turns around: 5.7 GB of
+# frozen weights instead of 16.1 GB (exercise 1), the difference between fitting a 16 GB GPU or not, for some
+# speed. (In the run itself the finished QLoRA run is refused, "made with a different stage": hence the copy.)
+#
+# </details>
+#
+# 3. Look at one MC training target (`label_mask`, as in notebook 03): which tokens carry the loss, and why does
+#    the rationale matter for a model that is only scored on the letter?
+#
+# <details><summary>Answer</summary>
+#
+# ```python
+# from mmed_helpers.steps.train import label_mask, load_sft_dataset
+# mask = label_mask(load_sft_dataset(data_paths[:1])[0], tokenizer, cfg.model.max_seq_length)
+# ```
+#
+# (with `tokenizer = AutoTokenizer.from_pretrained(stage1_dir)`). Only the assistant's reply carries the loss: the
+# answer line, `Answer: A. Right coronary artery`, then the rationale and the end-of-turn token; the chat headers,
+# the question, its options and "Choose the single best answer." are masked. On the `smoke` profile the first
+# record has 100 loss tokens of 256, and `max_seq_length` 256 cuts it inside the rationale (so its end-of-turn
+# token is not trained; 105 of the 126 MC records reach 256 tokens there). The letter is one token of about a
+# hundred. The rationale ("ST elevation in the inferior leads II, III and aVF indicates an inferior infarction
+# ... right coronary artery occlusion") is where most of the training signal is: to predict it the model has to
+# represent why A is right, which is the knowledge that carries over to new questions, where a letter-only
+# target mostly teaches which letters are frequent. It also teaches the reply's shape, answer first and then the
+# explanation, which the generation protocol of notebook 05 reads, and an explanation is what a clinician using
+# the model needs to check it.
+#
+# </details>
+
+# %%
+# Exercise 1: put your two figures in GB in place of None and run this cell (a wrong answer gets a hint)
+from mmed_helpers.exercises import check_frozen_weight_memory
+
+check_frozen_weight_memory(None, None)

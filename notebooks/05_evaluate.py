@@ -18,7 +18,7 @@
 # | profile | items | time for this notebook |
 # | --- | --- | --- |
 # | `smoke` | the course's bundled mini sets (20 per benchmark and language), tiny models | about a minute on a CPU |
-# | `colab` | the public test sets, up to 500 items each | about 1-2 hours on a T4 |
+# | `colab` | the public test sets, up to 500 items each | 1-2 hours on a T4 (estimated) |
 # | `full` | the public test sets in full | several hours on one GPU |
 
 # %%
@@ -283,7 +283,62 @@ print(f"wrote {results_path} and {manifest}")
 #
 # 1. Run with `overrides = {"evaluation.protocols": ["loglik"]}` and then `["generate"]`. Which models lose most
 #    under generation, and what do their raw replies (`results.json`) look like?
+#
+# <details><summary>Answer</summary>
+#
+# On the `smoke` profile (one run of the course; yours may differ by a few items), all items pooled:
+#
+# | model | `loglik` | `generate` | replies with a readable answer |
+# | --- | --- | --- | --- |
+# | base | 23.7 % (40/169) | 0 % (0/180) | 0 % |
+# | stage1 | 24.3 % | 0 % | 0 % |
+# | stage2 | 23.7 % | 19.4 % (35/180) | 89 % |
+# | single_stage | 23.1 % | 16.7 % | 83 % |
+#
+# The base and stage 1 lose everything: no reply has a letter to read, so every item counts as wrong. The base
+# continues the prompt like a passage (`"Pant"`), stage 1 writes the style of its free-text answers (`"La and la
+# la la ..."`); neither was taught to answer a multiple-choice question. Stage 2 and the single-stage ablation
+# reply in the trained format (`"Réponse: C."`, French prefix and all), but mostly with the same letter
+# whatever the question, so their accuracy stays near chance. Log-likelihood needs no format, which is why all
+# four sit near chance there (the generation rows also include the 11 multi-answer items, which log-likelihood
+# cannot score). On a real model the gap is smaller, but a model that knows the answer without stating it
+# readably still scores worse under generation: read the extraction-failure table before the accuracy.
+#
+# </details>
+#
 # 2. With 20 items per set, how many more items would stage 2 have to get right (and the base wrong) for the
-#    exact McNemar test to reach p < 0.05? Try `mcnemar_exact(k, 0)` for growing `k`.
+#    exact McNemar test to reach p < 0.05? Try `mcnemar_exact(k, 0)` for growing `k`, and check your answer with
+#    the cell below.
+#
+# <details><summary>Answer</summary>
+#
+# **6.** With no item the other way round, the two-sided exact p-value is 2 × 0.5ᵏ: 0.0625 at k = 5, 0.031 at
+# k = 6. Six items all in one direction are 30 points on a 20-item set, so on sets this small only large effects
+# can show; with one item the other way round it takes 8 (`mcnemar_exact(8, 1)` = 0.039). On the 1,273-item MedQA
+# test set the same 30 points would be hundreds of items, and differences of a few points become testable.
+#
+# </details>
+#
 # 3. Point `evaluation.medqa_source` at a local copy of the full MedQA test file and compare the base model's
-#    accuracy with and without the chat template.
+#    accuracy under `loglik` (the harness's plain prompt) and `generate` (its chat template).
+#
+# <details><summary>Answer</summary>
+#
+# Not measured by the course (it needs the data and a real model). With the file (for example the 1,273-item test
+# split of `GBaker/MedQA-USMLE-4-options` as JSONL), set `{"evaluation.medqa_source": "/data/medqa/test.jsonl",
+# "evaluation.benchmarks": ["medqa"], "evaluation.models": ["base"]}` on the `colab` or `full` profile. The
+# `loglik` row is the number lm-evaluation-harness and the leaderboards report (zero-shot, no chat template, the
+# most likely of " A" to " D"); the `generate` row asks the same item through the model's chat template and reads
+# the letter from the reply. For an instruct base (both profiles use one) expect the two to differ by a few points
+# either way, and the extraction-failure rate to say how much of a gap is format rather than knowledge; a model
+# never tuned for chat loses far more under generation, as the tiny base shows in exercise 1. On 1,273 items a
+# 95 % interval is about ±2.7 points; the exact McNemar test of section 6, on the items one protocol gets right
+# and the other wrong, says whether the two really differ.
+#
+# </details>
+
+# %%
+# Exercise 2: put your number in place of None and run this cell (a wrong answer gets a hint, not the answer)
+from mmed_helpers.exercises import check_mcnemar_items
+
+check_mcnemar_items(None)

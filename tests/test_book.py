@@ -81,6 +81,17 @@ def test_no_page_shows_the_building_machines_folders_or_the_injected_parameters(
         assert "# Parameters</span>" not in html, nb  # papermill's injected one begins with just that
 
 
+def test_exercise_answers_are_collapsed_toggles_with_their_markdown_rendered(book_html):
+    """Each notebook page shows its exercises' worked answers in closed ``<details>`` toggles (the reader opens
+    them), with the answer's Markdown rendered inside (paragraphs, tables, code), not shown as raw text."""
+    for nb in toc_notebooks(ROOT / "book"):
+        html = (book_html / f"{nb}.html").read_text(encoding="utf-8")
+        toggles = re.findall(r"<details(?:\s[^>]*)?>(.*?)</details>", html, re.S)
+        assert len(toggles) >= 2 and "<details open" not in html and "&lt;details" not in html, nb
+        for body in toggles:
+            assert body.lstrip().startswith("<summary>Answer</summary>") and "<p>" in body and "**" not in body, nb
+
+
 @pytest.fixture(scope="module")
 def server(book_html):
     handler = functools.partial(QuietHandler, directory=str(book_html))
