@@ -26,7 +26,7 @@
 import os
 import sys
 
-if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+if "google.colab" in sys.modules or {"COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE"} & set(os.environ):
     import subprocess
 
     requirement = "mmed-course[gpu] @ git+https://github.com/mmed-course/mmed-course@main"

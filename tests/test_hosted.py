@@ -81,9 +81,11 @@ def test_outside_colab_and_kaggle_the_setup_cell_does_nothing(tmp_path):
     assert _first_cells(tmp_path, {PROFILE: "full"}) == ("full", [])  # a profile chosen by the user is kept
 
 
-@pytest.mark.parametrize("where", ["kaggle", "colab"])
+@pytest.mark.parametrize("where", ["kaggle", "colab", "colab_env"])
 def test_on_colab_or_kaggle_it_installs_the_course_and_opens_on_the_colab_profile(tmp_path, where):
-    env = {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"} if where == "kaggle" else {}
+    env = {"kaggle": {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "colab_env": {"COLAB_RELEASE_TAG": "release"}}.get(
+        where, {}
+    )
     profile, commands = _first_cells(tmp_path, env, colab=where == "colab")
     assert profile == HOSTED_PROFILE
     assert commands == [["-m", "pip", "install", "-q", INSTALL_REQUIREMENT]]

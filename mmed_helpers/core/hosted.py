@@ -41,7 +41,7 @@ SETUP_CELL = f'''\
 import os
 import sys
 
-if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+if "google.colab" in sys.modules or {{"COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE"}} & set(os.environ):
     import subprocess
 
     requirement = "{INSTALL_REQUIREMENT}"
