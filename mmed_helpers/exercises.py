@@ -19,6 +19,7 @@ At least one check per notebook, beside the exercise it checks:
 :func:`check_dora_extra_parameters`       03, exercise 1: what DoRA adds over LoRA
 :func:`check_frozen_weight_memory`        04, exercise 1: the 8B model's frozen weights in bf16 and in NF4
 :func:`check_mcnemar_items`               05, exercise 2: discordant items for an exact McNemar p < 0.05
+:func:`check_rank_parameters`             06, exercise 1: parameters a stage-1 DoRA adapter of rank 64 adds over 32
 ========================================  ==================================================================
 """
 
@@ -314,3 +315,29 @@ def check_mcnemar_items(answer: int | None, only_b: int = 0, alpha: float = 0.05
     if k - 1 > only_b and mcnemar_exact(k - 1, only_b) < alpha:
         return _wrong(f"{k} reaches p < {alpha:g}, but so does a smaller number: find the smallest.")
     return _right(f"p = {p:.3g}; one item fewer gives {mcnemar_exact(k - 1, only_b):.3g}.")
+
+
+# --------------------------------------------------------------------------- notebook 06: the rank study
+
+
+def check_rank_parameters(answer: int | None, model_dir: str | Path, r: int = 64, reference_r: int = 32) -> Verdict:
+    """Notebook 06, exercise 1: how many more trainable parameters a stage-1 DoRA adapter of rank ``r`` has than
+    one of rank ``reference_r`` on the model in ``model_dir`` (``base.path`` in the notebook)."""
+    if answer is None:
+        return _no_answer("the difference in trainable parameters (an integer)")
+    layers = adapted_layers(model_dir)
+    want = adapter_parameters(layers, r, dora=True) - adapter_parameters(layers, reference_r, dora=True)
+    got = _number(answer)
+    if got == want:
+        return _right(
+            f"(r - {reference_r}) x (d_in + d_out) for each of the {len(layers)} adapted weights; the magnitude "
+            "vectors do not grow with r."
+        )
+    if got == adapter_parameters(layers, r, dora=True):
+        return _wrong(f"that is the whole rank-{r} adapter: subtract the rank-{reference_r} one.")
+    if got == want + adapter_parameters(layers, 1, True) - adapter_parameters(layers, 1, False):
+        return _wrong("the magnitude vectors are the same at every rank: they cancel in the difference.")
+    return _wrong(
+        "A is r x d_in and B is d_out x r for every adapted weight, so the count grows by d_in + d_out per "
+        "extra rank; compare `trainable parameters` of the two variants in the results table."
+    )

@@ -250,3 +250,76 @@ def plot_accuracy(
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=min(len(models), 4))
     return _finish(fig, save_to)
+
+
+def plot_accuracy_vs_rank(rows: Sequence[dict], title: str = "Accuracy against LoRA rank", save_to=None):
+    """Accuracy (95 % interval) against the adapter rank, one line per stage, the trainable parameters beside each
+    point (rows from ``ablations.rank_points``: ``stage``, ``r``, ``accuracy``, ``ci_low``, ``ci_high``,
+    ``trainable_parameters``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    names = {"stage1": "stage 1 (DoRA, alone)", "stage2": "stage 2 (QLoRA, on the recipe's stage 1)"}
+    for k, stage in enumerate(s for s in ("stage1", "stage2") if any(r["stage"] == s for r in rows)):
+        pts = sorted((r for r in rows if r["stage"] == stage), key=lambda r: r["r"])
+        xs = [r["r"] * (1 + 0.04 * k) for r in pts]  # a small offset keeps overlapping intervals readable
+        ys = [r["accuracy"] for r in pts]
+        err = [[r["accuracy"] - r["ci_low"] for r in pts], [r["ci_high"] - r["accuracy"] for r in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=names[stage])
+        for x, r in zip(xs, pts, strict=True):
+            ax.annotate(
+                f"{r['trainable_parameters'] / 1e3:.0f}k",
+                (x, r["accuracy"]),
+                fontsize=6,
+                textcoords="offset points",
+                xytext=(4, 6 if k == 0 else -10),
+            )
+    ax.set_xscale("log", base=2)
+    ranks = sorted({r["r"] for r in rows})
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.set_xlabel("rank r (alpha = r/2; labels: trainable parameters)")
+    ax.set_ylabel("accuracy (95 % CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _finish(fig, save_to)
+
+
+def plot_accuracy_vs_threshold(rows: Sequence[dict], title: str = "Accuracy against the CCTS threshold", save_to=None):
+    """Accuracy (95 % interval) per CCTS threshold, with the translations each stage trained on as bars on a second
+    axis (rows from ``ablations.threshold_points``: ``threshold``, ``accuracy``, ``ci_low``, ``ci_high``,
+    ``kept_stage1``, ``kept_stage2``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    labels = [r["threshold"] for r in rows]
+    xs = list(range(len(rows)))
+    kept = ax.twinx()
+    kept.bar(
+        [x - 0.15 for x in xs],
+        [r["kept_stage1"] for r in rows],
+        width=0.3,
+        color="#BBBBBB",
+        label="translations in stage 1's data",
+    )
+    kept.bar(
+        [x + 0.15 for x in xs],
+        [r["kept_stage2"] for r in rows],
+        width=0.3,
+        color="#DDDDDD",
+        label="translations in stage 2's data",
+    )
+    kept.set_ylabel("translations kept")
+    kept.set_ylim(0, max([1] + [max(r["kept_stage1"], r["kept_stage2"]) for r in rows]) * 1.3)
+    err = [[r["accuracy"] - r["ci_low"] for r in rows], [r["ci_high"] - r["accuracy"] for r in rows]]
+    ax.errorbar(xs, [r["accuracy"] for r in rows], yerr=err, marker="o", capsize=3, color="#4C72B0", label="accuracy")
+    ax.set_zorder(kept.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("CCTS threshold (none: every translation)")
+    ax.set_ylabel("accuracy (95 % CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    handles = ax.get_legend_handles_labels()[0] + kept.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper left")
+    return _finish(fig, save_to)

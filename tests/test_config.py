@@ -200,6 +200,8 @@ CHOICES = {  # every field with a fixed set of values: one allowed value, and wh
     "evaluation.benchmarks[0]": ("medqa", "medqa_4options"),
     "evaluation.protocols[0]": ("generate", "gen"),
     "evaluation.models[0]": ("single_stage", "stage3"),
+    "ablations.studies[0]": ("transfer", "ranks"),
+    "ablations.protocols[0]": ("generate", "gen"),
 }
 
 
@@ -265,6 +267,9 @@ RANGES = {  # key: (values allowed at the edges, values just outside, the rule t
     "evaluation.max_items_per_benchmark": ([0], [-1], ">= 0"),
     "tiny.pretrain_steps": ([0], [-1], ">= 0"),
     "seed": ([0], [-1], ">= 0"),
+    "ablations.steps": ([0, 1], [-1], ">= 0"),
+    "ablations.max_items_per_benchmark": ([0], [-1], ">= 0"),
+    "ablations.alpha_ratio": ([0.25, 2.0], [0.0, -0.5], "> 0"),
 }
 
 
@@ -300,6 +305,24 @@ def test_max_steps_takes_the_minus_one_sentinel_and_nothing_else_below_one():
         ({"model.base_model": ""}, "key 'model.base_model' in override of profile 'smoke' must not be empty"),
         ({"datagen.api_key_env": ""}, "must not be empty"),
         ({"evaluation.medqa_source": ""}, "must not be empty"),
+        (
+            {"ablations.studies": ["rank", "rank"]},
+            "key 'ablations.studies' in override of profile 'smoke' lists 'rank'",
+        ),
+        (
+            {"ablations.stage1_ranks": [8, 8]},
+            "key 'ablations.stage1_ranks' in override of profile 'smoke' lists 8 twice",
+        ),
+        (
+            {"ablations.stage2_ranks": []},
+            "key 'ablations.stage2_ranks' in override of profile 'smoke' must not be empty",
+        ),
+        ({"ablations.stage2_ranks": [0]}, "key 'ablations.stage2_ranks[0]' in override of profile 'smoke' must be > 0"),
+        (
+            {"ablations.thresholds": [0.7, 1.5]},
+            "key 'ablations.thresholds[1]' in override of profile 'smoke' must be in",
+        ),
+        ({"ablations.protocols": []}, "key 'ablations.protocols' in override of profile 'smoke' must not be empty"),
     ],
 )
 def test_lists_and_names_must_not_be_empty_or_repeat(override, message):
@@ -411,3 +434,32 @@ def test_the_modules_examples_hold():
     import mmed_helpers.core.config as config
 
     assert doctest.testmod(config).failed == 0
+
+
+def test_every_profile_declares_its_ablation_grid():
+    """Each shipped YAML states every key of its ``ablations`` section (nothing left to a default a reader cannot
+    see): smoke runs all four studies at matched steps, colab and full a subset at the stages' own steps with the
+    GPU time it is expected to take, marked estimated."""
+    import dataclasses
+
+    import yaml
+
+    from mmed_helpers.core.config import STUDIES, AblationConfig
+    from mmed_helpers.core.layout import PROFILE_DIR
+
+    keys = {f.name for f in dataclasses.fields(AblationConfig)}
+    for name in available_profiles():
+        text = (PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+        assert set(yaml.safe_load(text)["ablations"]) == keys, name
+        header = next(line for line in text.splitlines() if line.startswith("ablations:"))
+        a = load_profile(name).ablations
+        assert a.alpha_ratio == 0.5 and 0.8 in a.thresholds and a.protocols == ["loglik"]
+        if name == "smoke":
+            assert tuple(a.studies) == STUDIES and a.steps > 0
+        else:
+            assert 0 < len(a.studies) < len(STUDIES) and a.steps == 0, name
+            assert "hours" in header and "estimated" in header, name
+
+
+def test_an_empty_ablation_grid_is_allowed():
+    assert load_profile("smoke", {"ablations.studies": []}).ablations.studies == []

@@ -179,6 +179,53 @@ def test_smoke_course_runs_end_to_end(smoke_course, tmp_path):
     for png in ("mmedbench_by_language.png", "two_vs_single.png"):
         assert (run / "05_evaluate" / png).stat().st_size > 5000
 
+    # 06_ablations: every planned variant, with accuracy per benchmark and language, its paired test against its
+    # reference, trainable parameters, wall time and peak memory; nothing of the recipe trained again
+    from mmed_helpers.steps.ablations import plan_variants
+
+    abl = json.loads((run / "06_ablations" / "results.json").read_text())
+    plan = plan_variants(SMOKE)
+    variants = {v["name"]: v for v in abl["variants"]}
+    assert list(variants) == [v.name for v in plan] and abl["items"]["n"] == m05["outputs"]["items"]
+    per_language = {("mmedbench", lang) for lang in SMOKE.languages}
+    for planned in plan:
+        v = variants[planned.name]
+        cells = {(a["benchmark"], a["lang"]) for a in v["accuracy"] if a["protocol"] == "loglik"}
+        assert {("all", "all"), ("medqa", "en"), ("pubmedqa", "all")} | per_language <= cells, planned.name
+        assert all(a["ci_low"] <= a["accuracy"] <= a["ci_high"] for a in v["accuracy"])
+        assert isinstance(v["trainable_parameters"], int) and v["wall_s"] >= 0 and v["peak_memory_gib"] >= 0
+        assert (v["trainable_parameters"] > 0) == (planned.model != "base")
+        tests = v["versus_reference"]
+        assert (tests == []) == (planned.reference is None)
+        if tests:
+            assert {("all", "all")} | per_language <= {(t["benchmark"], t["lang"]) for t in tests}
+            assert all(t["reference"] == planned.reference and 0 <= t["p_value"] <= 1 for t in tests)
+            pooled = next(t for t in tests if (t["benchmark"], t["lang"], t["protocol"]) == ("all", "all", "loglik"))
+            assert pooled["n"] == next(a["n"] for a in v["accuracy"] if (a["benchmark"], a["lang"]) == ("all", "all"))
+        recipe_tests = v["versus_recipe"]  # and every variant against the recipe itself
+        assert (recipe_tests == []) == (planned.name == "recipe")
+        if recipe_tests:
+            assert all(t["reference"] == "recipe" for t in recipe_tests)
+            assert {("all", "all")} | per_language <= {(t["benchmark"], t["lang"]) for t in recipe_tests}
+    assert [t["from"][:11] for t in variants["recipe"]["trainings"].values()] == ["notebook 03", "notebook 04"]
+    assert variants["stage2_only"]["trainings"]["stage2"]["from"].startswith("notebook 05")
+    n = SMOKE.ablations.steps
+    ranks = [variants[f"stage1_r{r}_{n}steps"] for r in (8, 16, 32, 64)]
+    assert all(v["trainings"]["stage1"]["global_step"] == n for v in ranks)
+    assert [v["trainable_parameters"] for v in ranks] == sorted({v["trainable_parameters"] for v in ranks})
+    assert variants[f"stage1_english_only_{n}steps"]["data"]["stage1"]["by_language"] == {"en": 20}
+    for name in ("ccts_0.7", "ccts_0.9", "ccts_none", "stage1_no_translations"):
+        v = variants[name]  # smoke keeps no translation at any threshold: the recipe's data, the recipe's models
+        assert all(sum(d.get("kept_translations", {}).values()) == 0 for d in v["data"].values())
+        assert all(t["from"].startswith("notebook 03") or t["from"].startswith("notebook 04")
+                   for t in v["trainings"].values())  # fmt: skip
+    oq1 = abl["open_question_1"]
+    assert oq1["this_run"]["hours_ratio"] > 1 and oq1["paper_scale"]["tokens_ratio"] > 100
+    m06 = json.loads((run / "06_ablations" / "manifest.json").read_text())
+    assert m06["outputs"]["variants"] == list(variants)
+    for png in ("accuracy_vs_rank.png", "accuracy_vs_threshold.png", "transfer_by_language.png"):
+        assert (run / "06_ablations" / png).stat().st_size > 5000
+
 
 def _file_hashes(run: Path) -> dict[str, str]:
     import hashlib
@@ -211,7 +258,14 @@ def test_a_second_course_run_changes_nothing(smoke_course):
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert changed == [], changed
     outputs = {}
-    for name in ("01_generate_qa", "02_translate_ccts", "03_stage1_dora", "04_stage2_qlora", "05_evaluate"):
+    for name in (
+        "01_generate_qa",
+        "02_translate_ccts",
+        "03_stage1_dora",
+        "04_stage2_qlora",
+        "05_evaluate",
+        "06_ablations",
+    ):
         nb = nbformat.read(run / "notebooks" / f"{name}.ipynb", as_version=4)
         outputs[name] = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "generated now: 0 outputs" in outputs["01_generate_qa"]
@@ -220,3 +274,8 @@ def test_a_second_course_run_changes_nothing(smoke_course):
         assert f"{stage}: reusing the finished run" in outputs[name]
     assert outputs["05_evaluate"].count("kept from an earlier run") == len(SMOKE.evaluation.models)
     assert "single-stage ablation trained" not in outputs["05_evaluate"]
+    from mmed_helpers.steps.ablations import plan_variants
+
+    trained = [line for line in outputs["06_ablations"].splitlines() if ": trained now " in line]
+    assert len(trained) == len(plan_variants(SMOKE)) and all(": trained now nothing;" in t for t in trained)
+    assert "answers: scored now" not in outputs["06_ablations"]

@@ -77,6 +77,9 @@ EVAL_MODELS = ("base", "stage1", "stage2", "single_stage")
 MMEDBENCH_SPLITS = {"test": "Test", "train": "Train"}
 """``evaluation.mmedbench_split`` -> the folder of that name inside MMedBench's archive."""
 PUBMEDQA_FOLDS = ("test", "all")
+STUDIES = ("stages", "rank", "ccts", "transfer")
+"""``ablations.studies`` (notebook 06): what each stage contributes, the LoRA rank of each stage, the CCTS
+threshold, and cross-lingual transfer from English-only stage-1 data."""
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -380,6 +383,37 @@ class EvalConfig:
 
 
 @dataclass
+class AblationConfig:
+    """Notebook 06: which of the paper's ablations run, and how small. Each variant is trained and scored through
+    the API of notebooks 03-05; the recipe's own models (base, stage 1, stage 2, single stage) are reused."""
+
+    __pydantic_config__ = _STRICT
+
+    studies: Annotated[list[Literal[STUDIES]], AfterValidator(_unique)] = field(default_factory=lambda: ["stages"])
+    """``stages`` (base, stage 1, stage 2 only, both; stage 1 without translations), ``rank`` (stage-1 and
+    stage-2 r), ``ccts`` (thresholds), ``transfer`` (stage 1 on English only against all languages); [] runs
+    none. Default: ``stages`` only (at most one training); the shipped profiles choose their own."""
+    stage1_ranks: UniqueList[Positive] = field(default_factory=lambda: [8, 16, 32, 64])
+    """Stage-1 DoRA ranks of the ``rank`` study (the recipe's r is always added: it is the reference)."""
+    stage2_ranks: UniqueList[Positive] = field(default_factory=lambda: [8, 16, 32])
+    """Stage-2 QLoRA ranks, trained on the recipe's merged stage 1 (the recipe's r is always added)."""
+    alpha_ratio: PositiveFloat = 0.5
+    """alpha = alpha_ratio x r for every rank variant (the paper's 16/32 and 8/16 are both 0.5)."""
+    thresholds: UniqueList[Unit] = field(default_factory=lambda: [0.7, 0.8, 0.9])
+    """CCTS thresholds of the ``ccts`` study: notebook 02's stored scores re-filtered, nothing translated again."""
+    no_filter: Bool = True
+    """Also the ``ccts`` variant that keeps every translation (no CCTS, language or meaning check)."""
+    steps: Count = 0
+    """``max_steps`` of the ``rank`` and ``transfer`` variants and of the recipe-rank variant each is compared
+    with, so every comparison is at matched steps; 0 = the stages' own ``max_steps`` (then the recipe-rank
+    variants are the recipe's models, reused). The ``stages`` and ``ccts`` studies always use the stages' own."""
+    protocols: UniqueList[Literal[PROTOCOLS]] = field(default_factory=lambda: ["loglik"])
+    """How the variants are scored (``loglik`` is the cheap one)."""
+    max_items_per_benchmark: Count = 0
+    """Per benchmark and language, a seeded draw from notebook 05's items; 0 = all of notebook 05's items."""
+
+
+@dataclass
 class Profile:
     """A whole course configuration. ``load_profile`` builds one from YAML."""
 
@@ -400,6 +434,7 @@ class Profile:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    ablations: AblationConfig = field(default_factory=AblationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for manifests and YAML)."""

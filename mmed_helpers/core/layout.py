@@ -51,6 +51,7 @@ STEPS: dict[str, str] = {
     "stage1": "03_stage1_dora",
     "stage2": "04_stage2_qlora",
     "evaluate": "05_evaluate",
+    "ablations": "06_ablations",
 }
 """Step key -> its notebook, which is also the name of the step's folder in the run."""
 
@@ -151,6 +152,46 @@ class TrainDir:
         return self.root / "run_identity.json"
 
 
+@dataclass(frozen=True)
+class VariantDir:
+    """What one ablation variant of notebook 06 writes into its folder: the training sets it derived, its
+    trainings (each a :class:`TrainDir`), its merged stage 1 when it trains a stage 2 on it, its scores and its
+    manifest."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        """The variant's own training sets (a filtered copy of a run dataset keeps that dataset's name)."""
+        return self.root / "data"
+
+    def dataset(self, source: Path) -> Path:
+        """Where the variant keeps its own version of run dataset ``source``."""
+        return self.data / Path(source).name
+
+    @property
+    def stage1(self) -> TrainDir:
+        return TrainDir(self.root / "stage1")
+
+    @property
+    def stage1_merged(self) -> Path:
+        """Its stage-1 adapter merged into the base (the start of its stage 2)."""
+        return self.root / "stage1_merged"
+
+    @property
+    def stage2(self) -> TrainDir:
+        return TrainDir(self.root / "stage2")
+
+    @property
+    def scores(self) -> Path:
+        """Its scored answers and what they were scored on (``evaluate_or_reuse``'s store)."""
+        return self.root / "scores.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
 def _in(step: str, *parts: str) -> str:
     return "/".join((STEPS[step], *parts))
 
@@ -209,6 +250,13 @@ class RunLayout:
     eval_results = Artifact(_in("evaluate", "results.json"), "evaluate", "file", "evaluation results")
     eval_by_model = Artifact(
         _in("evaluate", "by_model"), "evaluate", "dir", "each model's scored answers, with what they were scored on"
+    )
+    # 06 ablations
+    ablation_variants = Artifact(
+        _in("ablations", "variants"), "ablations", "dir", "one folder per ablation variant (data, training, scores)"
+    )
+    ablation_results = Artifact(
+        _in("ablations", "results.json"), "ablations", "file", "every ablation variant's accuracy, test and cost"
     )
     # the runner
     executed_notebooks = Artifact("notebooks", RUNNER, "dir", "executed notebooks of the run")
@@ -274,6 +322,10 @@ class RunLayout:
     def eval_model_results(self, model: str) -> Path:
         """Model ``model``'s scored answers and their identity (reused by a rerun that would score the same)."""
         return self.eval_by_model / f"{model}.json"
+
+    def variant(self, name: str) -> VariantDir:
+        """The folder of ablation variant ``name`` (notebook 06)."""
+        return VariantDir(self.ablation_variants / name)
 
     def training(self, name: str) -> TrainDir:
         """The training folder of ``stage1``, ``stage2`` or ``single_stage``."""

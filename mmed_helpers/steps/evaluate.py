@@ -417,16 +417,13 @@ def evaluate_or_reuse(
     (atomically: a kill leaves the old file or the new one). Returns ``(results, reused)``."""
     import gc
 
-    from ..core.artifacts import atomic_write_text
-
     store = Path(store)
     identity = evaluation_identity(
         model_dir, adapter, items, protocols, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens
     )
-    if store.is_file():
-        saved = json.loads(store.read_text(encoding="utf-8"))
-        if saved.get("identity") == identity:
-            return [ItemResult(**r) for r in saved["results"]], True
+    saved = load_scores(store)
+    if saved is not None and saved[0] == identity:
+        return saved[1], True
     model, tok = load_eval_model(model_dir, adapter, dtype=dtype)
     try:
         results = evaluate_model(name, model, tok, items, protocols, batch_size, max_new_tokens, progress)
@@ -437,9 +434,26 @@ def evaluate_or_reuse(
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    record = {"identity": identity, "results": [asdict(r) for r in results]}
-    atomic_write_text(store, json.dumps(record, ensure_ascii=False) + "\n")
+    save_scores(store, identity, results)
     return results, False
+
+
+def save_scores(store: str | Path, identity: dict[str, Any], results: Sequence[ItemResult]) -> Path:
+    """Write ``results`` with the :func:`evaluation_identity` they were scored under to ``store`` (atomically), as
+    :func:`evaluate_or_reuse` reads them back."""
+    from ..core.artifacts import atomic_write_text
+
+    record = {"identity": identity, "results": [asdict(r) for r in results]}
+    return atomic_write_text(store, json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def load_scores(store: str | Path) -> tuple[dict[str, Any], list[ItemResult]] | None:
+    """``(identity, results)`` saved in ``store`` by :func:`evaluate_or_reuse`, or None when there is none."""
+    store = Path(store)
+    if not store.is_file():
+        return None
+    saved = json.loads(store.read_text(encoding="utf-8"))
+    return saved.get("identity") or {}, [ItemResult(**r) for r in saved.get("results", [])]
 
 
 def model_sources(run: RunLayout, names: Sequence[str]) -> dict[str, tuple[Path, Path | None]]:

@@ -43,7 +43,7 @@ from ..core.layout import PROMPTS_DIR, RunLayout
 from ..core.llm import Backend, Completion, GenerationParams, make_backend
 from ..core.mcformat import LETTERS
 from ..core.quality import is_language
-from ..core.records import IFTSample, MCItem, Record, records_dataset, save_dataset
+from ..core.records import IFTSample, MCItem, Record, load_items, records_dataset, save_dataset
 from .ccts import CCTSScore, CCTSScorer, decide
 
 PROMPT_PATH = PROMPTS_DIR / "translate.yaml"
@@ -460,3 +460,110 @@ def _save_expansion(result: ExpansionResult, run: RunLayout) -> None:
             for item, p in zip(result.kept[kind], kept, strict=True)
         ]
         save_dataset(records_dataset(records, kind, SCORE_COLUMNS), path)
+
+
+# --------------------------------------------------------------------------- another threshold, no retranslation
+
+THRESHOLD_FREE = ("kept", "below_threshold")
+"""Decisions of notebook 02 that depend on the CCTS threshold; every other one (``translation_failed``,
+``wrong_target_language``, ``meaning_changed``, ``benchmark_overlap``) holds at any threshold."""
+
+
+def kept_at(row: dict[str, Any], threshold: float | None) -> bool:
+    """Whether notebook 02 keeps the round trip of ``row`` (a line of ``run.ccts_scores``) at CCTS ``threshold``:
+    a pair it decided by the threshold (``kept`` or ``below_threshold``) is kept when its CCTS is at least
+    ``threshold``; the other checks hold whatever the threshold. ``None`` is no filter at all: every complete
+    forward translation is kept (its round trip, language and meaning unchecked), except one that reproduces
+    an evaluation item.
+
+    >>> kept_at({"reason": "below_threshold", "ccts": 0.75, "translation": "x"}, 0.7)
+    True
+    """
+    if threshold is None:
+        return bool(row.get("translation")) and row.get("reason") != "benchmark_overlap"
+    return row.get("reason") in THRESHOLD_FREE and row.get("ccts") is not None and row["ccts"] >= threshold
+
+
+@dataclass
+class Refiltered:
+    """The translations notebook 02 would have kept at another threshold, from its stored scores and
+    translations (nothing is translated or scored again)."""
+
+    threshold: float | None
+    """The CCTS threshold (``None``: no filter)."""
+    kept: dict[str, list[Record]]
+    """Per dataset kind (``ift``, ``mc``): the kept translations as records, as notebook 02 saves them."""
+    scores: dict[str, list[dict[str, Any]]]
+    """Per kind: the ``run.ccts_scores`` row of each kept translation, in the same order."""
+    overlapping: int = 0
+    """Pairs the threshold alone would admit that reproduce an evaluation item (rejected as in notebook 02)."""
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per kind, kept translations per target language."""
+        out: dict[str, dict[str, int]] = {}
+        for kind, rows in self.scores.items():
+            by = out.setdefault(kind, {})
+            for r in rows:
+                by[r["target_lang"]] = by.get(r["target_lang"], 0) + 1
+        return out
+
+    def ids(self) -> set[str]:
+        return {r["id"] for rows in self.scores.values() for r in rows}
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """The kept translations of ``kind`` with their scores, as notebook 02 saves its own
+        (``run.ift_translated``, ``run.mc_translated``; columns :data:`SCORE_COLUMNS` beside the record's)."""
+        return [
+            {**item.to_record(), **{c: row[c] for c in SCORE_COLUMNS}}
+            for item, row in zip(self.kept[kind], self.scores[kind], strict=True)
+        ]
+
+
+def refilter(
+    run: RunLayout,
+    threshold: float | None,
+    benchmarks: BenchmarkIndex | None = None,
+) -> Refiltered:
+    """Notebook 02's kept translations at CCTS ``threshold`` (:func:`kept_at`; ``None``: no filter), rebuilt from
+    ``run.ccts_scores`` and the stored forward translations, with notebook 01's datasets as the sources. Pairs
+    notebook 02 did not keep are checked against ``benchmarks`` (its decontamination) before they are admitted;
+    without an index they are admitted unchecked. At notebook 02's own threshold this gives its kept sets."""
+    from ..core.jsonl import read_jsonl
+
+    rows = [line.record for line in read_jsonl(run.require("ccts_scores")) if not line.error]
+    sources = {kind: {it.id: it for it in load_items(run.require(kind), kind)} for kind in ("ift", "mc")}
+    forward = JsonlStore(run.translation_store("forward"))
+    backward = JsonlStore(run.translation_store("backward"))
+    admitted: list[tuple[PairResult, dict[str, Any]]] = []
+    for row in rows:
+        if not kept_at(row, threshold):
+            continue
+        source = sources.get(row["kind"], {}).get(row["source_id"])
+        if source is None:
+            raise TranslationError(
+                f"{run.ccts_scores} names source {row['source_id']!r}, which notebook 01's {row['kind']} dataset no "
+                "longer holds: run notebook 02 again"
+            )
+        names = list(sample_fields(source))
+        fields = {n: _output(forward, _job_id(source, row["target_lang"], n)) for n in names}
+        back = {n: _output(backward, _job_id(source, row["target_lang"], n)) for n in names}
+        if not all(fields.values()):
+            raise TranslationError(f"the stored translation of {row['id']} is incomplete: run notebook 02 again")
+        pair = PairResult(row["kind"], source, row["target_lang"], fields, back, None, True, "kept")
+        admitted.append((pair, row))
+    overlapping = 0
+    if benchmarks is not None:
+        new = [p for p, row in admitted if row["reason"] != "kept"]
+        report = ContaminationReport(n=benchmarks.n)
+        _, dirty = split_contaminated(
+            new, lambda p: [*p.translated.values(), *(v for v in p.back.values() if v)], benchmarks, report
+        )
+        dropped = {id(p) for p, _ in dirty}
+        overlapping = len(dropped)
+        admitted = [(p, row) for p, row in admitted if id(p) not in dropped]
+    kept: dict[str, list[Record]] = {"ift": [], "mc": []}
+    scores: dict[str, list[dict[str, Any]]] = {"ift": [], "mc": []}
+    for pair, row in admitted:
+        kept[pair.kind].append(rebuild(pair.source, pair.translated, pair.target_lang))
+        scores[pair.kind].append(row)
+    return Refiltered(threshold, kept, scores, overlapping)
