@@ -158,11 +158,12 @@ for v in tqdm(plan, desc="variants", unit="variant"):
 # process's peak RSS so far, which only grows within one kernel (compare it on a GPU).
 
 # %%
-from mmed_helpers.steps.ablations import comparisons, main_protocol, results_table
+from mmed_helpers.steps.ablations import RECIPE, comparisons, main_protocol, results_table
 
 protocol = main_protocol(ab.protocols)
 compared = comparisons(outcomes)   # refuses a variant scored on other items than its reference
-table = pd.DataFrame(results_table(outcomes, compared, protocol)).set_index("variant")
+versus_recipe = comparisons(outcomes, against=RECIPE) if RECIPE in outcomes else {}
+table = pd.DataFrame(results_table(outcomes, compared, protocol, versus_recipe)).set_index("variant")
 table.style.format({"accuracy": "{:.3f}", "difference": "{:+.3f}", "p (McNemar)": "{:.3f}",
                     "difference from recipe": "{:+.3f}", "p vs recipe": "{:.3f}",
                     "trainable parameters": "{:,}", "training wall s": "{:.1f}", "peak memory GiB": "{:.2f}"},
@@ -250,7 +251,7 @@ for title, result in (("this run's model and device", this_run), ("the paper's s
 # %%
 from mmed_helpers.steps.ablations import write_results
 
-results_path = write_results(step.run.ablation_results, cfg, ctx, outcomes, compared,
+results_path = write_results(step.run.ablation_results, cfg, ctx, outcomes, compared, versus_recipe,
                              extra={"open_question_1": {"this_run": this_run, "paper_scale": paper_scale}})
 manifest = step.write_manifest(
     parameters={"ablations": vars(ab)},

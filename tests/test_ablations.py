@@ -256,7 +256,7 @@ def test_every_variant_is_also_tested_against_the_recipe():
     assert recipe["a"] == own["a"]  # its own reference is the recipe
     pooled = next(r for r in recipe["b"] if (r["benchmark"], r["lang"]) == ("all", "all"))
     assert (pooled["only_variant"], pooled["only_reference"]) == (2, 2)  # items 1, 3 against items 0, 2
-    table = {r["variant"]: r for r in results_table(outcomes, own, "loglik")}
+    table = {r["variant"]: r for r in results_table(outcomes, own, "loglik", recipe)}
     assert table["b"]["compared with"] == "a" and table["b"]["p vs recipe"] == pooled["p_value"]
     assert table["a"]["p vs recipe"] is None and table["a"]["p (McNemar)"] is not None  # said once, not twice
 

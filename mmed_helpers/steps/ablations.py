@@ -258,7 +258,7 @@ def plan_variants(cfg: Profile) -> list[Variant]:
             for t in [*sorted(a.thresholds), *([None] if a.no_filter else [])]:
                 if t == cfg.ccts.threshold:
                     continue  # the recipe itself
-                label = "none" if t is None else f"{t:g}"
+                label = threshold_label(t)
                 what = "no CCTS filter (every translation)" if t is None else f"CCTS threshold {t:g}"
                 add(
                     Variant(
@@ -812,11 +812,17 @@ def _pick(rows: Sequence[dict], benchmark: str = ALL, lang: str = ALL, protocol:
     return next((r for r in rows if (r["benchmark"], r["lang"], r["protocol"]) == (benchmark, lang, protocol)), None)
 
 
-def results_table(outcomes: dict[str, Outcome], compared: dict[str, list[dict]], protocol: str) -> list[dict]:
+def results_table(
+    outcomes: dict[str, Outcome],
+    compared: dict[str, list[dict]],
+    protocol: str,
+    versus_recipe: dict[str, list[dict]] | None = None,
+) -> list[dict]:
     """One row per variant, all benchmarks and languages pooled under ``protocol``: accuracy with its interval,
-    the difference from its reference with the McNemar p-value, the same against the recipe (where the reference
-    is another variant), and its cost."""
-    recipe = comparisons(outcomes, against=RECIPE) if RECIPE in outcomes else {}
+    the difference from its reference with the McNemar p-value (``compared``: :func:`comparisons`), the same
+    against the recipe where the reference is another variant (``versus_recipe``: ``comparisons(outcomes,
+    against=RECIPE)``), and its cost."""
+    recipe = versus_recipe or {}
     rows = []
     for name, o in outcomes.items():
         acc = _pick(accuracy_rows(o.results), protocol=protocol) or {}
@@ -881,7 +887,7 @@ def threshold_points(outcomes: dict[str, Outcome], cfg: Profile, protocol: str) 
         v = o.variant
         if "ccts" not in v.studies:
             continue
-        label = f"{cfg.ccts.threshold:g}" if name == RECIPE else str(v.value)
+        label = threshold_label(cfg.ccts.threshold) if name == RECIPE else str(v.value)
         acc = _pick(accuracy_rows(o.results), protocol=protocol)
         if acc:
             kept = {stage: d["translations"] for stage, d in o.data.items()}
@@ -946,14 +952,15 @@ def write_results(
     ctx: Context,
     outcomes: dict[str, Outcome],
     compared: dict[str, list[dict]],
+    versus_recipe: dict[str, list[dict]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """``results.json``: the items and protocols, and per variant what it is, its data, its trainings and cost,
     its accuracy per benchmark and language, its paired test against its reference (``versus_reference``: the
-    matched one, e.g. the recipe's ranks at the same steps) and against the recipe itself (``versus_recipe``,
-    empty for the recipe). Only facts of the artifacts (no time of this invocation), so a rerun that reproduced
-    them writes the same bytes."""
-    versus_recipe = comparisons(outcomes, against=RECIPE) if RECIPE in outcomes else {}
+    matched one, e.g. the recipe's ranks at the same steps: ``compared``) and against the recipe itself
+    (``versus_recipe``: ``comparisons(outcomes, against=RECIPE)``; empty for the recipe). Only facts of the
+    artifacts (no time of this invocation), so a rerun that reproduced them writes the same bytes."""
+    versus_recipe = versus_recipe or {}
     content = json.dumps([dataclasses.asdict(it) for it in ctx.items], ensure_ascii=False, sort_keys=True)
     data = {
         "profile": cfg.name,

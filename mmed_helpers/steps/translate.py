@@ -464,7 +464,7 @@ def _save_expansion(result: ExpansionResult, run: RunLayout) -> None:
 
 # --------------------------------------------------------------------------- another threshold, no retranslation
 
-THRESHOLD_FREE = ("kept", "below_threshold")
+THRESHOLD_DECIDED = ("kept", "below_threshold")
 """Decisions of notebook 02 that depend on the CCTS threshold; every other one (``translation_failed``,
 ``wrong_target_language``, ``meaning_changed``, ``benchmark_overlap``) holds at any threshold."""
 
@@ -481,7 +481,7 @@ def kept_at(row: dict[str, Any], threshold: float | None) -> bool:
     """
     if threshold is None:
         return bool(row.get("translation")) and row.get("reason") != "benchmark_overlap"
-    return row.get("reason") in THRESHOLD_FREE and row.get("ccts") is not None and row["ccts"] >= threshold
+    return row.get("reason") in THRESHOLD_DECIDED and row.get("ccts") is not None and row["ccts"] >= threshold
 
 
 @dataclass
